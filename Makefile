@@ -1,0 +1,33 @@
+# The two commands of the contract are `make run` and `make test`; both set up first.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-stamp
+
+.PHONY: setup run test lint typecheck bench clean
+
+setup: $(STAMP)
+
+# Re-install only when the package definition changes, so `make setup` is cheap to repeat.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[local,dev]'
+	@touch $(STAMP)
+
+run: setup
+	$(BIN)/auditlake demo
+
+test: setup lint
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check function_app tests main.py
+	$(BIN)/mypy
+
+bench: setup
+	$(BIN)/python -m tests.bench.run
+
+clean:
+	rm -rf $(VENV) .auditlake .pytest_cache .mypy_cache .ruff_cache

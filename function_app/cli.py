@@ -1,0 +1,501 @@
+"""`auditlake`: demo, collect, query, flatten, emulator, schema.
+
+Exit status: 0 success, 1 failure (one line saying what and why), 2 usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from function_app.config import Settings, SettingsError, is_guid, parse_content_types
+from function_app.core.model import CONTENT_TYPES, BlobStatus
+
+DEFAULT_LAKE = ".auditlake/lake.duckdb"
+DEMO_TENANT = "8f3c2a1e-5b4d-4c6e-9a7b-1d2e3f4a5b6c"
+# Mild faults so the demo shows recovery: throttling, a 5xx, late-listed blobs, shuffled
+# pages, and one blob expired and one cut off so the ledger shows what it never hides.
+DEMO_FAULTS = "throttle=0.02,5xx=0.01,late=0.05,shuffle,expired=1,cutoff=1"
+
+
+class CliError(Exception):
+    """A failure to report in one line and exit 1."""
+
+
+def _since(value: str) -> datetime:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([dhm])", value.strip())
+    now = datetime.now(UTC)
+    if m:
+        amount = float(m.group(1))
+        unit = {"d": "days", "h": "hours", "m": "minutes"}[m.group(2)]
+        return now - timedelta(**{unit: amount})
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--since: expected 7d, 12h, 30m or an ISO datetime, got {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _guid(value: str) -> str:
+    if not is_guid(value):
+        raise argparse.ArgumentTypeError(f"not a tenant GUID: {value!r}")
+    return value.lower()
+
+
+def iso_z(dt: datetime) -> str:
+    """Datetimes in output: ISO 8601 UTC ending in Z (naive values are UTC already)."""
+    if dt.tzinfo is not None:
+        dt = dt.astimezone(UTC).replace(tzinfo=None)
+    return dt.isoformat(timespec="microseconds" if dt.microsecond else "seconds") + "Z"
+
+
+# ---------------------------------------------------------------------------------------
+# query
+
+
+def run_kql(con: Any, text: str) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
+    """(column names, DuckDB type names, rows) of a KQL query on a lake connection."""
+    import duckdb_kql
+
+    try:
+        rel = duckdb_kql.kql(con, text)
+    except duckdb_kql.KqlError as exc:
+        raise CliError(f"KQL: {exc}") from exc
+    return list(rel.columns), [str(t) for t in rel.types], rel.fetchall()
+
+
+def _jsonable(value: Any, type_name: str) -> Any:
+    if isinstance(value, datetime):
+        return iso_z(value)
+    if type_name == "JSON" and isinstance(value, str):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    return value
+
+
+def print_result(columns: list[str], types: list[str], rows: list[tuple[Any, ...]], fmt: str,
+                 out: Any = None, *, width: int = 60) -> None:
+    out = out or sys.stdout
+    if fmt == "json":
+        objs = [{c: _jsonable(v, t) for c, t, v in zip(columns, types, row, strict=True)} for row in rows]
+        out.write(orjson.dumps(objs, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+        return
+    if fmt == "csv":
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_text(_jsonable(v, t)) for t, v in zip(types, row, strict=True)])
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for row in rows:
+        cells = []
+        for t, v in zip(types, row, strict=True):
+            text = _text(_jsonable(v, t))
+            cells.append(text if len(text) <= width else text[: width - 1] + "…")
+        table.add_row(*cells)
+    Console(file=out, width=max(120, len(columns) * 24)).print(table)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return str(value)
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from function_app.lake.duckdb_lake import LocalLake
+
+    try:
+        lake = LocalLake(args.lake, read_only=True)
+    except FileNotFoundError:
+        raise CliError(f"no lake at {args.lake}; run `auditlake collect` or `auditlake demo` first") from None
+    try:
+        columns, types, rows = run_kql(lake.connection, args.kql)
+    finally:
+        lake.close()
+    print_result(columns, types, rows, args.format)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# flatten
+
+
+def cmd_flatten(args: argparse.Namespace) -> int:
+    from function_app.records.flatten import BlobContext, flatten_blob
+    from function_app.records.reader import read_records
+
+    if args.table != "AuditRecord":
+        raise CliError(f"--table {args.table}: flatten produces AuditRecord only in this version")
+    data = sys.stdin.buffer.read() if args.input in (None, "-") else Path(args.input).read_bytes()
+    try:
+        records = read_records(data)
+    except ValueError as exc:
+        raise CliError(f"input: {exc}") from exc
+    ctx = BlobContext(tenant_id=args.tenant_id or "", content_type=args.content_type or "",
+                      content_id=args.content_id or "", content_created=None, ingested_at=datetime.now(UTC))
+    out = sys.stdout.buffer
+    for row in flatten_blob(records, ctx):
+        out.write(orjson.dumps(row, option=orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC))
+        out.write(b"\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# schema, emulator
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from function_app.lake.schema import render_adx, render_duckdb
+
+    sys.stdout.write(render_adx() if args.target == "adx" else render_duckdb())
+    return 0
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    from function_app.emulator.faults import FaultSpec
+    from function_app.emulator.server import run_forever
+
+    try:
+        faults = FaultSpec.parse(args.faults or "")
+    except ValueError as exc:
+        raise CliError(f"--faults: {exc}") from exc
+    run_forever(host=args.host, port=args.port, tenant_ids=args.tenant_id or [DEMO_TENANT], seed=args.seed,
+                days=args.days, records_per_day=args.records_per_day, scenario=args.scenario, faults=faults,
+                token=args.token)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------
+# collect, demo
+
+
+class _ProgressView:
+    """A rich progress bar on stderr counting blobs settled out of blobs listed."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.enabled = enabled
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=Console(stderr=True), disable=not enabled,
+                                  transient=False)
+        self._task = self._progress.add_task("blobs", total=0)
+
+    def __enter__(self) -> _ProgressView:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def listed(self, n: int) -> None:
+        task = self._progress.tasks[0]
+        self._progress.update(self._task, total=(task.total or 0) + n)
+
+    def settled(self, outcome: Any) -> None:
+        self._progress.advance(self._task)
+
+
+def _fmt_secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 120:
+        return f"{value:.0f}s"
+    if value < 7200:
+        return f"{value / 60:.0f}m"
+    return f"{value / 3600:.1f}h"
+
+
+def print_summary(con: Any, since: datetime, out: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from function_app.lake.report import problem_blobs, summarise
+
+    console = Console(file=out or sys.stdout, width=140)
+    table = Table(title="collected (this run)")
+    for col in ("content type", "blobs ingested", "failed", "expired", "records", "rows kept",
+                "duplicates dropped", "event→available p50/p95/max", "available→queryable p50/p95/max"):
+        table.add_column(col)
+    summaries = summarise(con, since)
+    for s in summaries:
+        table.add_row(s.content_type, str(s.blobs_ingested), str(s.blobs_failed), str(s.blobs_expired),
+                      str(s.records), str(s.rows), str(s.duplicates),
+                      "/".join(_fmt_secs(v) for v in s.event_to_available),
+                      "/".join(_fmt_secs(v) for v in s.available_to_ingested))
+    console.print(table)
+    problems = problem_blobs(con, since)
+    for ctype, cid, status, error in problems:
+        console.print(f"[bold red]{status}[/] {ctype} {cid}: {error}", highlight=False, markup=True)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    try:
+        settings = Settings.from_env(os.environ)
+    except SettingsError as exc:
+        raise CliError(str(exc)) from exc
+    overrides: dict[str, Any] = {}
+    if args.cloud:
+        overrides["cloud"] = args.cloud
+    if args.api_root:
+        overrides["api_root"] = args.api_root.rstrip("/")
+    if args.publisher_id:
+        overrides["publisher_id"] = args.publisher_id
+    if args.concurrency:
+        overrides["concurrency"] = args.concurrency
+    if not overrides:
+        return settings
+    from dataclasses import replace
+
+    return replace(settings, **overrides)
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from function_app.lake.duckdb_lake import LocalLake
+    from function_app.localrun import Progress, collect
+
+    settings = _settings(args)
+    tenants = args.tenant_id or [t.tenant_id for t in settings.tenants]
+    if not tenants:
+        raise CliError("no tenant: pass --tenant-id GUID or set AUDITLAKE_TENANTS")
+    try:
+        content_types = parse_content_types(args.content_type, "--content-type") if args.content_type \
+            else CONTENT_TYPES
+    except SettingsError as exc:
+        raise CliError(str(exc)) from exc
+    lake = LocalLake(args.lake)
+    started = datetime.now(UTC)
+    try:
+        with _ProgressView(enabled=sys.stderr.isatty() and not args.quiet) as view:
+            report = asyncio.run(collect(settings, lake, tenants, content_types, since=args.since,
+                                         once=args.once, interval=args.interval,
+                                         progress=Progress(view.listed, view.settled)))
+        print_summary(lake.connection, started)
+    finally:
+        lake.close()
+    failed, expired = report.count(BlobStatus.FAILED), report.count(BlobStatus.EXPIRED)
+    listing_errors = [e for r in report.runs for e in r.errors]
+    if failed or expired or listing_errors or report.worker_errors:
+        parts = []
+        if failed or expired:
+            parts.append(f"{failed} blob(s) failed and {expired} expired (see ContentLedger)")
+        if listing_errors:
+            parts.append(f"listing errors: {'; '.join(listing_errors[:3])}")
+        if report.worker_errors:
+            parts.append(f"{len(report.worker_errors)} blob(s) left pending after write errors")
+        raise CliError(", ".join(parts))
+    return 0
+
+
+DEMO_INVESTIGATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "Password spray: one address failing against many users, then succeeding",
+        """AuditRecord
+| where Operation == "UserLoginFailed"
+| summarize Failures = count(), UsersTried = dcount(UserPrincipal), FirstFailure = min(TimeGenerated) by ClientIP
+| where UsersTried >= 5
+| join kind=inner (
+    AuditRecord
+    | where Operation == "UserLoggedIn"
+    | summarize SignedIn = make_set(UserPrincipal), FirstSuccess = min(TimeGenerated) by ClientIP
+) on ClientIP
+| project ClientIP, Failures, UsersTried, FirstFailure, SignedIn, FirstSuccess""",
+    ),
+    (
+        "Mail read from that address (MailItemsAccessed, per message)",
+        """let spray = AuditRecord
+| where Operation == "UserLoginFailed"
+| summarize UsersTried = dcount(UserPrincipal) by ClientIP
+| where UsersTried >= 5;
+AuditRecord
+| where Operation == "MailItemsAccessed"
+| join kind=inner spray on ClientIP
+| mv-expand Folder = AuditData.Folders
+| mv-expand Item = Folder.FolderItems
+| summarize Messages = dcount(tostring(Item.InternetMessageId)), Folders = make_set(tostring(Folder.Path))
+    by UserPrincipal, ClientIP, AccessType = tostring(Properties.OperationProperties.MailAccessType)""",
+    ),
+    (
+        "Inbox rules forwarding mail, and mailbox auditing switched off",
+        """AuditRecord
+| where Operation in ("New-InboxRule", "Set-InboxRule", "Set-Mailbox")
+| extend ForwardTo = tostring(Properties.Parameters.ForwardTo),
+         RedirectTo = tostring(Properties.Parameters.RedirectTo),
+         AuditEnabled = tostring(Properties.Parameters.AuditEnabled)
+| where isnotempty(ForwardTo) or isnotempty(RedirectTo) or AuditEnabled =~ "False"
+| project TimeGenerated, UserPrincipal, Operation, ClientIP, ForwardTo, RedirectTo, AuditEnabled""",
+    ),
+    (
+        "What the log itself got wrong: blobs by outcome",
+        """ContentLedger
+| summarize Blobs = count(), Records = sum(Records) by ContentType, Status
+| order by ContentType asc, Status asc""",
+    ),
+)
+
+
+def _prepare_demo_lake(path: Path) -> None:
+    """The demo starts from an empty lake; it only ever replaces a lake the demo made."""
+    if not path.exists():
+        return
+    from function_app.lake.duckdb_lake import LocalLake
+
+    try:
+        lake = LocalLake(path, read_only=True)
+        kind = lake.get_info("kind")
+        lake.close()
+    except Exception as exc:
+        raise CliError(f"--lake {path}: exists and cannot be opened as a lake ({exc})") from exc
+    if kind != "demo":
+        raise CliError(f"--lake {path}: exists and was not made by the demo; choose another path")
+    path.unlink()
+    wal = path.with_name(path.name + ".wal")
+    if wal.exists():
+        wal.unlink()
+
+
+async def _demo(args: argparse.Namespace, lake_path: Path) -> int:
+    from function_app.emulator.faults import FaultSpec
+    from function_app.emulator.server import EmulatorServer
+    from function_app.lake.duckdb_lake import LocalLake
+    from function_app.localrun import Progress, collect
+    from function_app.o365.auth import StaticTokenProvider
+
+    print(f"Starting the Management Activity API emulator: tenant {DEMO_TENANT}, {args.days} days, "
+          f"seed {args.seed}, faults {DEMO_FAULTS}")
+    async with EmulatorServer(tenant_ids=[DEMO_TENANT], seed=args.seed, days=args.days,
+                              scenario="default", faults=FaultSpec.parse(DEMO_FAULTS)) as emu:
+        settings = Settings(api_root=emu.api_root, retry_base=0.05, retry_max=1.0, concurrency=8)
+        lake = LocalLake(lake_path)
+        lake.set_info("kind", "demo")
+        started = datetime.now(UTC)
+        print(f"Collecting every content type into {lake_path} (backfill, catch-up, sweep)...")
+        try:
+            with _ProgressView(enabled=sys.stderr.isatty()) as view:
+                report = await collect(settings, lake, [DEMO_TENANT], CONTENT_TYPES, once=True,
+                                       tokens=StaticTokenProvider("demo-token"),
+                                       progress=Progress(view.listed, view.settled))
+            pages = sum(r.pages for r in report.runs)
+            throttled = sum(r.throttled for r in report.runs)
+            print(f"Listed {sum(r.blobs_listed for r in report.runs)} blobs on {pages} pages "
+                  f"({throttled} throttled answers retried); settled {len(report.outcomes)} blobs.")
+            print_summary(lake.connection, started)
+            for title, kql in DEMO_INVESTIGATIONS:
+                print(f"\n== {title}\n{kql}\n")
+                columns, types, rows = run_kql(lake.connection, kql)
+                print_result(columns, types, rows, "table")
+        finally:
+            lake.close()
+    print(f"\nThe lake is {lake_path}; try: auditlake query --lake {lake_path} "
+          "\"AuditRecord | summarize count() by Workload\"")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    lake_path = Path(args.lake)
+    _prepare_demo_lake(lake_path)
+    return asyncio.run(_demo(args, lake_path))
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="auditlake", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-v info, -vv debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="emulated tenant → collector → local lake → KQL investigations")
+    p.add_argument("--lake", default=DEFAULT_LAKE)
+    p.add_argument("--days", type=float, default=7)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("collect", help="collect audit content into the lake")
+    p.add_argument("--tenant-id", action="append", type=_guid, help="tenant to collect (repeatable)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--cloud", choices=["Enterprise", "GCC", "GCCHigh", "DoD"])
+    where.add_argument("--api-root", help="Management API root, e.g. http://127.0.0.1:8000/api/v1.0")
+    p.add_argument("--content-type", action="append", help=f"one of {', '.join(CONTENT_TYPES)} (repeatable)")
+    p.add_argument("--since", type=_since, help="where to start without a checkpoint: 7d, 12h or ISO")
+    p.add_argument("--lake", default=DEFAULT_LAKE)
+    p.add_argument("--once", action="store_true", help="catch up, sweep, and exit")
+    p.add_argument("--interval", type=float, default=120.0, help="seconds between passes without --once")
+    p.add_argument("--publisher-id", type=_guid, help="PublisherIdentifier (default: the first tenant)")
+    p.add_argument("--concurrency", type=int, help="blobs fetched at once")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("query", help="run KQL on the lake")
+    p.add_argument("--lake", default=DEFAULT_LAKE)
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("kql")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("flatten", help="records (JSON array or lines) → rows as JSON lines")
+    p.add_argument("--input", help="file, or - for stdin (default)")
+    p.add_argument("--table", default="AuditRecord")
+    p.add_argument("--content-type", default="")
+    p.add_argument("--tenant-id", default="")
+    p.add_argument("--content-id", default="")
+    p.set_defaults(func=cmd_flatten)
+
+    p = sub.add_parser("emulator", help="serve the Management Activity API emulator")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--tenant-id", action="append", type=_guid)
+    p.add_argument("--scenario", default="default")
+    p.add_argument("--faults", default="")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--days", type=float, default=7)
+    p.add_argument("--records-per-day", type=int, default=3000)
+    p.add_argument("--token", help="require exactly this bearer token (default: any)")
+    p.set_defaults(func=cmd_emulator)
+
+    p = sub.add_parser("schema", help="print the DDL")
+    p.add_argument("--target", choices=["adx", "duckdb"], required=True)
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        return int(args.func(args))
+    except CliError as exc:
+        print(f"auditlake: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("auditlake: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

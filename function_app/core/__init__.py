@@ -1,0 +1,1 @@
+"""Pure collector logic: no azure, aiohttp or duckdb imports below this package."""

@@ -1,0 +1,110 @@
+"""Value objects shared by the collector core, the adapters and the emulator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+CONTENT_TYPES: tuple[str, ...] = (
+    "Audit.AzureActiveDirectory",
+    "Audit.Exchange",
+    "Audit.SharePoint",
+    "Audit.General",
+    "DLP.All",
+)
+
+
+class BlobStatus(StrEnum):
+    """Lifecycle of one content blob in the ledger; the last three are terminal."""
+
+    LISTED = "listed"
+    INGESTED = "ingested"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+
+TERMINAL_STATUSES = frozenset({BlobStatus.INGESTED, BlobStatus.FAILED, BlobStatus.EXPIRED})
+
+
+def utc(dt: datetime) -> datetime:
+    """Return *dt* as an aware UTC datetime; a naive value is taken to be UTC already."""
+    if dt.tzinfo is None:
+        return dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC)
+
+
+def iso_z(dt: datetime) -> str:
+    """ISO 8601 in UTC ending in ``Z``, with milliseconds (the API's own shape)."""
+    return utc(dt).strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc(dt).microsecond // 1000:03d}Z"
+
+
+@dataclass(frozen=True, slots=True)
+class ContentBlob:
+    """One entry of a content listing: a blob of audit records the API made available."""
+
+    tenant_id: str
+    content_type: str
+    content_id: str
+    content_uri: str
+    content_created: datetime
+    content_expiration: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """How far listing has safely progressed for one tenant and content type.
+
+    ``position`` is the end of the last window whose blobs were all handed on (enqueued,
+    or recorded as pending in the local ledger); the next run lists from ``position``
+    minus the overlap.
+    """
+
+    tenant_id: str
+    content_type: str
+    position: datetime
+    last_sweep: datetime | None = None
+    etag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A listing window: ``start <= contentCreated < end``, at most 24 h long."""
+
+    start: datetime
+    end: datetime
+
+
+@dataclass(slots=True)
+class RunStats:
+    """One `CollectorRun` row: a planning pass for one tenant and content type."""
+
+    run_id: str
+    tenant_id: str
+    content_type: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    window_start: datetime | None = None
+    window_end: datetime | None = None
+    pages: int = 0
+    blobs_listed: int = 0
+    blobs_new: int = 0
+    throttled: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a sink did with the rows of one blob."""
+
+    inserted: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedContent:
+    """A content blob retrieved and parsed: the records as delivered and the body size."""
+
+    records: list[Any]
+    size: int

@@ -1,0 +1,85 @@
+"""Processing one content blob: fetch, flatten, write, and settle its ledger row.
+
+Every path ends with the ledger row in a terminal status (ingested, failed with the
+error, or expired), so nothing is dropped quietly; expired content is logged as an alert.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from function_app.core.errors import (
+    ApiError,
+    ContentExpiredError,
+    MalformedContentError,
+    UntrustedMessageError,
+)
+from function_app.core.model import BlobStatus, ContentBlob, utc
+from function_app.core.ports import ActivityApi, Sink, StateStore
+
+log = logging.getLogger(__name__)
+
+Rows = Sequence[Mapping[str, Any]]
+# Builds the rows of every table from the records of one blob (records/ supplies it).
+RowBuilder = Callable[[list[Any], ContentBlob, datetime], Mapping[str, Rows]]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobOutcome:
+    blob: ContentBlob
+    status: BlobStatus
+    records: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    size: int = 0
+    error: str | None = None
+
+
+async def process_blob(
+    blob: ContentBlob,
+    *,
+    api: ActivityApi,
+    sink: Sink,
+    state: StateStore,
+    build_rows: RowBuilder,
+    clock: Callable[[], datetime],
+) -> BlobOutcome:
+    """Fetch, flatten and write *blob*; returns its terminal outcome, never raises for bad data.
+
+    Only failures of the sink or the state store propagate (the blob stays ``listed`` and is
+    re-driven), because those say nothing about the blob itself.
+    """
+    ctx = f"tenant_id={blob.tenant_id} content_type={blob.content_type} content_id={blob.content_id}"
+    now = utc(clock())
+    if utc(blob.content_expiration) <= now:
+        return await _settle_expired(blob, state, now, "contentExpiration passed before the blob was fetched")
+    try:
+        fetched = await api.fetch_content(blob.tenant_id, blob.content_uri)
+    except ContentExpiredError as exc:
+        return await _settle_expired(blob, state, utc(clock()), str(exc))
+    except (ApiError, MalformedContentError, UntrustedMessageError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        log.error("blob failed %s error=%s", ctx, error)
+        await state.mark(blob, BlobStatus.FAILED, at=utc(clock()), error=error)
+        return BlobOutcome(blob, BlobStatus.FAILED, error=error)
+    fetched_at = utc(clock())
+    tables = build_rows(fetched.records, blob, fetched_at)
+    result = await sink.write_blob(blob, tables)
+    await state.mark(blob, BlobStatus.INGESTED, at=utc(clock()), records=len(fetched.records),
+                     size=fetched.size)
+    log.info("blob ingested %s records=%d inserted=%d duplicates=%d", ctx,
+             len(fetched.records), result.inserted, result.duplicates)
+    return BlobOutcome(blob, BlobStatus.INGESTED, records=len(fetched.records), inserted=result.inserted,
+                       duplicates=result.duplicates, size=fetched.size)
+
+
+async def _settle_expired(blob: ContentBlob, state: StateStore, at: datetime, reason: str) -> BlobOutcome:
+    # An alert, not a warning: these records are gone from the API and will never arrive.
+    log.critical("ALERT content expired before ingestion tenant_id=%s content_type=%s content_id=%s reason=%s",
+                 blob.tenant_id, blob.content_type, blob.content_id, reason)
+    await state.mark(blob, BlobStatus.EXPIRED, at=at, error=reason)
+    return BlobOutcome(blob, BlobStatus.EXPIRED, error=reason)

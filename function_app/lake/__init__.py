@@ -1,0 +1,1 @@
+"""The table schema (single source) and the sinks that write it."""

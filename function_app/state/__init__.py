@@ -1,0 +1,1 @@
+"""Checkpoint and ledger stores: Azure Table Storage, and local (in the DuckDB lake)."""

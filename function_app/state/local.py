@@ -1,0 +1,148 @@
+"""Checkpoints, the content ledger and run history kept in the local DuckDB lake.
+
+Keeping them in the same file as the rows means a killed ``collect`` restarts from a
+consistent state: a blob is either ``listed`` (and re-driven) or settled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import duckdb
+import orjson
+
+from function_app.core.model import BlobStatus, Checkpoint, ContentBlob, RunStats, utc
+from function_app.lake.duckdb_lake import LocalLake, naive_utc
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    return None if value is None else utc(value)
+
+
+def _blob(row: tuple[object, ...]) -> ContentBlob:
+    tenant, ctype, cid, uri, created, expiration = row
+    assert isinstance(created, datetime) and isinstance(expiration, datetime)
+    return ContentBlob(str(tenant), str(ctype), str(cid), str(uri), utc(created), utc(expiration))
+
+
+class LocalStateStore:
+    """StateStore over a LocalLake; one process writes a lake at a time (DuckDB's own lock)."""
+
+    def __init__(self, lake: LocalLake) -> None:
+        self._lake = lake
+
+    async def get_checkpoint(self, tenant_id: str, content_type: str) -> Checkpoint | None:
+        def q(con: duckdb.DuckDBPyConnection) -> Checkpoint | None:
+            row = con.execute(
+                'SELECT "Position", "LastSweep" FROM "Checkpoint" WHERE "TenantId" = ? AND "ContentType" = ?',
+                [tenant_id, content_type],
+            ).fetchone()
+            if row is None:
+                return None
+            return Checkpoint(tenant_id, content_type, utc(row[0]), last_sweep=_aware(row[1]))
+
+        return await self._lake.run(q)
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> Checkpoint:
+        def q(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute(
+                'INSERT OR REPLACE INTO "Checkpoint" VALUES (?, ?, ?, ?, now()::TIMESTAMP)',
+                [checkpoint.tenant_id, checkpoint.content_type, naive_utc(checkpoint.position),
+                 naive_utc(checkpoint.last_sweep)],
+            )
+
+        await self._lake.run(q)
+        return checkpoint
+
+    async def register_listed(self, blobs: Sequence[ContentBlob], listed_at: datetime) -> list[ContentBlob]:
+        if not blobs:
+            return []
+
+        def q(con: duckdb.DuckDBPyConnection) -> list[ContentBlob]:
+            known: set[tuple[str, str, str]] = set()
+            tenants = {b.tenant_id for b in blobs}
+            for tenant in tenants:
+                ids = [b.content_id for b in blobs if b.tenant_id == tenant]
+                rows = con.execute(
+                    'SELECT "ContentType", "ContentId" FROM "ContentLedger" '
+                    'WHERE "TenantId" = ? AND "ContentId" IN (SELECT unnest(?))',
+                    [tenant, ids],
+                ).fetchall()
+                known.update((tenant, str(ct), str(cid)) for ct, cid in rows)
+            new = [b for b in blobs if (b.tenant_id, b.content_type, b.content_id) not in known]
+            if new:
+                con.executemany(
+                    'INSERT OR IGNORE INTO "ContentLedger" ("TenantId", "ContentType", "ContentId", "ContentUri", '
+                    '"ContentCreated", "ContentExpiration", "ListedAt", "Status", "Attempts") '
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
+                    [[b.tenant_id, b.content_type, b.content_id, b.content_uri, naive_utc(b.content_created),
+                      naive_utc(b.content_expiration), naive_utc(listed_at), BlobStatus.LISTED.value]
+                     for b in new],
+                )
+            return new
+
+        return await self._lake.run(q)
+
+    async def pending(self, tenant_id: str, content_type: str) -> list[ContentBlob]:
+        def q(con: duckdb.DuckDBPyConnection) -> list[ContentBlob]:
+            rows = con.execute(
+                'SELECT "TenantId", "ContentType", "ContentId", "ContentUri", "ContentCreated", '
+                '"ContentExpiration" FROM "ContentLedger" WHERE "TenantId" = ? AND "ContentType" = ? '
+                'AND "Status" = ? ORDER BY "ContentCreated"',
+                [tenant_id, content_type, BlobStatus.LISTED.value],
+            ).fetchall()
+            return [_blob(r) for r in rows]
+
+        return await self._lake.run(q)
+
+    async def failed(self, tenant_id: str | None = None) -> list[ContentBlob]:
+        """Blobs whose last attempt failed, for ``replay``."""
+
+        def q(con: duckdb.DuckDBPyConnection) -> list[ContentBlob]:
+            rows = con.execute(
+                'SELECT "TenantId", "ContentType", "ContentId", "ContentUri", "ContentCreated", '
+                '"ContentExpiration" FROM "ContentLedger" WHERE "Status" = ? '
+                'AND (? IS NULL OR "TenantId" = ?) ORDER BY "ContentCreated"',
+                [BlobStatus.FAILED.value, tenant_id, tenant_id],
+            ).fetchall()
+            return [_blob(r) for r in rows]
+
+        return await self._lake.run(q)
+
+    async def mark(
+        self,
+        blob: ContentBlob,
+        status: BlobStatus,
+        *,
+        at: datetime,
+        records: int | None = None,
+        size: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        ingested_at = naive_utc(at) if status is BlobStatus.INGESTED else None
+        # FetchedAt is the time of the last attempt, whatever its outcome.
+        fetched_at = naive_utc(at)
+
+        def q(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute(
+                'UPDATE "ContentLedger" SET "Status" = ?, "Attempts" = "Attempts" + 1, "Error" = ?, '
+                '"Records" = coalesce(?, "Records"), "Bytes" = coalesce(?, "Bytes"), '
+                '"FetchedAt" = coalesce(?, "FetchedAt"), "IngestedAt" = coalesce(?, "IngestedAt") '
+                'WHERE "TenantId" = ? AND "ContentType" = ? AND "ContentId" = ?',
+                [status.value, error, records, size, fetched_at, ingested_at,
+                 blob.tenant_id, blob.content_type, blob.content_id],
+            )
+
+        await self._lake.run(q)
+
+    async def record_run(self, run: RunStats) -> None:
+        def q(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute(
+                'INSERT OR REPLACE INTO "CollectorRun" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+                [run.run_id, naive_utc(run.started_at), naive_utc(run.finished_at), run.tenant_id,
+                 run.content_type, naive_utc(run.window_start), naive_utc(run.window_end), run.pages,
+                 run.blobs_listed, run.blobs_new, run.throttled, orjson.dumps(run.errors).decode()],
+            )
+
+        await self._lake.run(q)
