@@ -23,7 +23,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def build_rows(records: list[Any], blob: ContentBlob, fetched_at: datetime) -> Mapping[str, Sequence[Mapping[str, Any]]]:
+def build_rows(
+    records: list[Any], blob: ContentBlob, fetched_at: datetime
+) -> Mapping[str, Sequence[Mapping[str, Any]]]:
     """The rows of every table for one blob (the derived tables join this map later)."""
     ctx = BlobContext(
         tenant_id=blob.tenant_id,
@@ -55,13 +57,19 @@ async def management_client(
         max_attempts=settings.retry_attempts, base_delay=settings.retry_base, max_delay=settings.retry_max
     )
     connector = aiohttp.TCPConnector(limit=max(16, settings.concurrency * 2))
-    async with aiohttp.ClientSession(connector=connector) as session:
-        yield ManagementApiClient(
-            session,
-            api_root=api_root_for(settings),
-            publisher_id=publisher,
-            tokens=provider,
-            retry=retry,
-            timeout=settings.http_timeout,
-            max_blob_bytes=settings.max_blob_bytes,
-        )
+    try:
+        async with aiohttp.ClientSession(connector=connector) as session:
+            yield ManagementApiClient(
+                session,
+                api_root=api_root_for(settings),
+                publisher_id=publisher,
+                tokens=provider,
+                retry=retry,
+                timeout=settings.http_timeout,
+                max_blob_bytes=settings.max_blob_bytes,
+            )
+    finally:
+        # azure-identity credentials hold their own HTTP sessions.
+        close = getattr(provider, "close", None)
+        if close is not None:
+            await close()

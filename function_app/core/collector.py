@@ -129,7 +129,10 @@ class Planner:
             stats.blobs_listed += len(blobs)
             new = await self._state.register_listed(blobs, utc(self._clock()))
             if new:
+                # Ledger first, then hand-off, then "queued": a crash between any two steps
+                # leaves the blob "listed", and the next listing hands it on again.
                 await self._hand_off(new)
+                await self._state.mark_queued(new)
             stats.blobs_new += len(new)
             log.info("listed tenant_id=%s content_type=%s start=%s end=%s blobs=%d new=%d",
                      request.tenant_id, request.content_type, window.start.isoformat(),

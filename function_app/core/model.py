@@ -17,9 +17,13 @@ CONTENT_TYPES: tuple[str, ...] = (
 
 
 class BlobStatus(StrEnum):
-    """Lifecycle of one content blob in the ledger; the last three are terminal."""
+    """Lifecycle of one content blob in the ledger; the last three are terminal.
+
+    ``listed``: recorded, not yet handed on; ``queued``: handed on (enqueued), not settled.
+    """
 
     LISTED = "listed"
+    QUEUED = "queued"
     INGESTED = "ingested"
     FAILED = "failed"
     EXPIRED = "expired"

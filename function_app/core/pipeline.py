@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from function_app.core.collector import Clock, PlanRequest, Planner
+from function_app.core.collector import Clock, Planner, PlanRequest
 from function_app.core.model import BlobStatus, ContentBlob, RunStats
 from function_app.core.ports import ActivityApi, Sink, StateStore
 from function_app.core.process import BlobOutcome, RowBuilder, process_blob

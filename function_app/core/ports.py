@@ -44,11 +44,16 @@ class StateStore(Protocol):
         ...
 
     async def register_listed(self, blobs: Sequence[ContentBlob], listed_at: datetime) -> list[ContentBlob]:
-        """Record listed blobs in the ledger and return only those it did not know before."""
+        """Record listed blobs in the ledger; return those still to hand on: new ones, and
+        ones recorded earlier whose hand-off never completed (status ``listed``)."""
+        ...
+
+    async def mark_queued(self, blobs: Sequence[ContentBlob]) -> None:
+        """Note that *blobs* were handed on, so re-listing them does not hand them on again."""
         ...
 
     async def pending(self, tenant_id: str, content_type: str) -> list[ContentBlob]:
-        """Blobs listed but not yet in a terminal status (left behind by a killed run)."""
+        """Blobs listed or queued but not settled (left behind by a killed run)."""
         ...
 
     async def mark(

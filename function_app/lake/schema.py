@@ -66,7 +66,7 @@ def _c(name: str, kind: Kind, doc: str = "") -> Column:
     return Column(name, kind, doc)
 
 
-S, I, L, R, B, T, D = Kind.STRING, Kind.INT, Kind.LONG, Kind.REAL, Kind.BOOL, Kind.DATETIME, Kind.DYNAMIC
+S, N, L, R, B, T, D = Kind.STRING, Kind.INT, Kind.LONG, Kind.REAL, Kind.BOOL, Kind.DATETIME, Kind.DYNAMIC
 
 AUDIT_RECORD = Table(
     "AuditRecord",
@@ -77,7 +77,7 @@ AUDIT_RECORD = Table(
         _c("ContentType", S, "content type of the blob"),
         _c("ContentId", S, "contentId of the blob the record came in (the first one kept)"),
         _c("ContentCreated", T, "when the blob became available at Microsoft"),
-        _c("RecordType", I, "RecordType as a number (ints and numeric strings accepted)"),
+        _c("RecordType", N, "RecordType as a number (ints and numeric strings accepted)"),
         _c("RecordTypeName", S, "AuditLogRecordType member name from the schema's enum"),
         _c("Operation", S, "Operation as delivered"),
         _c("Workload", S, "Workload as delivered"),
@@ -85,10 +85,10 @@ AUDIT_RECORD = Table(
         _c("UserId", S, "UserId as delivered"),
         _c("UserPrincipal", S, "lower-cased UPN; empty for placeholders (flagged in Quality)"),
         _c("UserKey", S, "UserKey as delivered"),
-        _c("UserType", I, "UserType as a number"),
+        _c("UserType", N, "UserType as a number"),
         _c("UserTypeName", S, "UserType member name from the schema's enum"),
         _c("ClientIP", S, "address only: no port, no brackets, IPv4-mapped IPv6 as IPv4"),
-        _c("ClientPort", I, "port when the delivered value carried one"),
+        _c("ClientPort", N, "port when the delivered value carried one"),
         _c("ClientIPRaw", S, "ClientIP (or ClientIPAddress / ActorIpAddress) as delivered"),
         _c("ClientIPKind", S, "public, private, loopback, link-local, unspecified, invalid or missing"),
         _c("ObjectId", S, "ObjectId as delivered"),
@@ -118,7 +118,7 @@ CONTENT_LEDGER = Table(
         _c("Records", L),
         _c("Bytes", L),
         _c("Status", S, "listed, ingested, failed or expired"),
-        _c("Attempts", I),
+        _c("Attempts", N),
         _c("Error", S),
     ),
     key=("TenantId", "ContentType", "ContentId"),
@@ -135,10 +135,10 @@ COLLECTOR_RUN = Table(
         _c("ContentType", S),
         _c("WindowStart", T),
         _c("WindowEnd", T),
-        _c("Pages", I),
-        _c("BlobsListed", I),
-        _c("BlobsNew", I),
-        _c("Throttled", I),
+        _c("Pages", N),
+        _c("BlobsListed", N),
+        _c("BlobsNew", N),
+        _c("Throttled", N),
         _c("Errors", D),
     ),
     key=("RunId", "TenantId", "ContentType"),

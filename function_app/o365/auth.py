@@ -156,7 +156,9 @@ class AzureIdentityTokenProvider:
                 authority=authority,
             )
         if self._kind is AuthKind.FEDERATED_MANAGED_IDENTITY:
-            return ClientAssertionCredential(tenant_id, client_id, self._current_assertion, authority=authority)
+            return ClientAssertionCredential(
+                tenant_id, client_id, self._current_assertion, authority=authority
+            )
         if self._kind is AuthKind.CERTIFICATE:
             return CertificateCredential(
                 tenant_id,
@@ -166,7 +168,9 @@ class AzureIdentityTokenProvider:
                 authority=authority,
             )
         if self._kind is AuthKind.CLIENT_SECRET:
-            return ClientSecretCredential(tenant_id, client_id, self._client_secret or "", authority=authority)
+            return ClientSecretCredential(
+                tenant_id, client_id, self._client_secret or "", authority=authority
+            )
         return ManagedIdentityCredential(client_id=self._managed_identity_client_id)
 
     async def token(self, tenant_id: str) -> str:

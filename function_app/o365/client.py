@@ -116,7 +116,9 @@ class ManagementApiClient:
             if answer.status >= 400:
                 verdict = classify(answer.status, answer.body, answer.headers)
                 if verdict.decision is Decision.ALREADY_ENABLED:
-                    log.info("subscription already enabled tenant_id=%s content_type=%s", tenant_id, content_type)
+                    log.info(
+                        "subscription already enabled tenant_id=%s content_type=%s", tenant_id, content_type
+                    )
                     return
                 raise verdict.error
             log.info("subscription started tenant_id=%s content_type=%s", tenant_id, content_type)
@@ -197,7 +199,9 @@ class ManagementApiClient:
         page_number = 0
         while url is not None:
             page_number += 1
-            items, headers = await self._get_page(url, tenant_id, f"{operation} page {page_number}", content_type)
+            items, headers = await self._get_page(
+                url, tenant_id, f"{operation} page {page_number}", content_type
+            )
             next_uri = _next_page_uri(headers)
             log.debug(
                 "listed page tenant_id=%s content_type=%s page=%d items=%d more=%s",
@@ -212,7 +216,8 @@ class ManagementApiClient:
             else:
                 if next_uri in seen:
                     raise PermanentApiError(
-                        f"the API returned the same NextPageUri twice for {content_type}; stopping to avoid a loop"
+                        f"the API returned the same NextPageUri twice for {content_type}; "
+                        "stopping rather than looping"
                     )
                 seen.add(next_uri)
                 url = self._next_page_url(next_uri)
@@ -232,7 +237,9 @@ class ManagementApiClient:
         parts = urlsplit(next_uri)
         if (parts.scheme.lower(), parts.netloc.lower()) != self._root_origin:
             # The bearer token goes wherever NextPageUri points; keep it on the API's host.
-            raise PermanentApiError(f"NextPageUri points away from the API host: {parts.scheme}://{parts.netloc}")
+            raise PermanentApiError(
+                f"NextPageUri points away from the API host: {parts.scheme}://{parts.netloc}"
+            )
         return URL(_with_publisher(next_uri, self._publisher_id), encoded=True)
 
     # -- content -------------------------------------------------------------------------------
@@ -251,8 +258,15 @@ class ManagementApiClient:
         async def attempt() -> FetchedContent:
             return await self._get_blob(url, tenant_id)
 
-        content = await self._call(attempt, f"fetch_content tenant_id={tenant_id}")
-        log.debug("fetched blob tenant_id=%s records=%d bytes=%d", tenant_id, len(content.records), content.size)
+        content_id = urlsplit(content_uri).path.rsplit("/", 1)[-1]
+        content = await self._call(attempt, f"fetch_content tenant_id={tenant_id} content_id={content_id}")
+        log.debug(
+            "fetched blob tenant_id=%s content_id=%s records=%d bytes=%d",
+            tenant_id,
+            content_id,
+            len(content.records),
+            content.size,
+        )
         return content
 
     async def _get_blob(self, url: URL, tenant_id: str) -> FetchedContent:
@@ -291,9 +305,7 @@ class ManagementApiClient:
                         f"blob of at least {len(buffer)} bytes exceeds the limit of {limit} bytes"
                     )
         except aiohttp.ClientPayloadError as exc:
-            raise IncompleteContentError(
-                f"content body cut off after {len(buffer)} bytes: {exc}"
-            ) from exc
+            raise IncompleteContentError(f"content body cut off after {len(buffer)} bytes: {exc}") from exc
         return bytes(buffer)
 
     # -- plumbing ----------------------------------------------------------------------------------
@@ -326,7 +338,9 @@ class ManagementApiClient:
         if 300 <= answer.status < 400:
             return Verdict(
                 Decision.FAIL,
-                PermanentApiError(f"unexpected redirect (HTTP {answer.status}); not followed", status=answer.status),
+                PermanentApiError(
+                    f"unexpected redirect (HTTP {answer.status}); not followed", status=answer.status
+                ),
             )
         return classify(answer.status, answer.body, answer.headers)
 
@@ -378,7 +392,9 @@ def _json_list(answer: _Answer, what: str, *, cut_off: type[ApiError]) -> list[d
     except orjson.JSONDecodeError as exc:
         raise cut_off(f"{what} of {len(answer.body)} bytes is not JSON: {exc}", status=answer.status) from exc
     if not isinstance(parsed, list):
-        raise PermanentApiError(f"{what} is a JSON {type(parsed).__name__}, not an array", status=answer.status)
+        raise PermanentApiError(
+            f"{what} is a JSON {type(parsed).__name__}, not an array", status=answer.status
+        )
     for index, item in enumerate(parsed):
         if not isinstance(item, dict):
             raise PermanentApiError(f"{what} item {index} is a JSON {type(item).__name__}, not an object")

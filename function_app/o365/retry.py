@@ -23,7 +23,10 @@ T = TypeVar("T")
 
 # Failures of the transport itself; an invalid URL or a bad certificate will not heal by waiting.
 _TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError, ConnectionError)
-_NOT_TRANSIENT: tuple[type[BaseException], ...] = (aiohttp.InvalidURL, aiohttp.ClientConnectorCertificateError)
+_NOT_TRANSIENT: tuple[type[BaseException], ...] = (
+    aiohttp.InvalidURL,
+    aiohttp.ClientConnectorCertificateError,
+)
 
 
 @dataclass(slots=True)

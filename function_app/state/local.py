@@ -60,17 +60,19 @@ class LocalStateStore:
             return []
 
         def q(con: duckdb.DuckDBPyConnection) -> list[ContentBlob]:
-            known: set[tuple[str, str, str]] = set()
+            known: dict[tuple[str, str, str], str] = {}
             tenants = {b.tenant_id for b in blobs}
             for tenant in tenants:
                 ids = [b.content_id for b in blobs if b.tenant_id == tenant]
                 rows = con.execute(
-                    'SELECT "ContentType", "ContentId" FROM "ContentLedger" '
+                    'SELECT "ContentType", "ContentId", "Status" FROM "ContentLedger" '
                     'WHERE "TenantId" = ? AND "ContentId" IN (SELECT unnest(?))',
                     [tenant, ids],
                 ).fetchall()
-                known.update((tenant, str(ct), str(cid)) for ct, cid in rows)
+                known.update({(tenant, str(ct), str(cid)): str(status) for ct, cid, status in rows})
             new = [b for b in blobs if (b.tenant_id, b.content_type, b.content_id) not in known]
+            never_handed = [b for b in blobs
+                            if known.get((b.tenant_id, b.content_type, b.content_id)) == BlobStatus.LISTED.value]
             if new:
                 con.executemany(
                     'INSERT OR IGNORE INTO "ContentLedger" ("TenantId", "ContentType", "ContentId", "ContentUri", '
@@ -80,17 +82,28 @@ class LocalStateStore:
                       naive_utc(b.content_expiration), naive_utc(listed_at), BlobStatus.LISTED.value]
                      for b in new],
                 )
-            return new
+            return new + never_handed
 
         return await self._lake.run(q)
+
+    async def mark_queued(self, blobs: Sequence[ContentBlob]) -> None:
+        def q(con: duckdb.DuckDBPyConnection) -> None:
+            con.executemany(
+                'UPDATE "ContentLedger" SET "Status" = ? WHERE "TenantId" = ? AND "ContentType" = ? '
+                'AND "ContentId" = ? AND "Status" = ?',
+                [[BlobStatus.QUEUED.value, b.tenant_id, b.content_type, b.content_id, BlobStatus.LISTED.value]
+                 for b in blobs],
+            )
+
+        await self._lake.run(q)
 
     async def pending(self, tenant_id: str, content_type: str) -> list[ContentBlob]:
         def q(con: duckdb.DuckDBPyConnection) -> list[ContentBlob]:
             rows = con.execute(
                 'SELECT "TenantId", "ContentType", "ContentId", "ContentUri", "ContentCreated", '
                 '"ContentExpiration" FROM "ContentLedger" WHERE "TenantId" = ? AND "ContentType" = ? '
-                'AND "Status" = ? ORDER BY "ContentCreated"',
-                [tenant_id, content_type, BlobStatus.LISTED.value],
+                'AND "Status" IN (?, ?) ORDER BY "ContentCreated"',
+                [tenant_id, content_type, BlobStatus.LISTED.value, BlobStatus.QUEUED.value],
             ).fetchall()
             return [_blob(r) for r in rows]
 

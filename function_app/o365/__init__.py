@@ -1,0 +1,1 @@
+"""The Office 365 Management Activity API adapter: clouds, auth, the AF error table, retries, the client."""
