@@ -236,7 +236,7 @@ def print_summary(con: Any, since: datetime, out: Any = None) -> None:
 
     from function_app.lake.report import problem_blobs, summarise
 
-    console = Console(file=out or sys.stdout, width=140)
+    console = Console(file=out or sys.stdout, width=200)
     table = Table(title="collected (this run)")
     for col in ("content type", "blobs ingested", "failed", "expired", "records", "rows kept",
                 "duplicates dropped", "event→available p50/p95/max", "available→queryable p50/p95/max"):

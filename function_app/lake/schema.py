@@ -177,9 +177,27 @@ def adx_create_table(table: Table) -> str:
     return f'.create-merge table {table.name} ({cols}) with (docstring="{doc}", folder="AuditLake")'
 
 
+def json_mapping_name(table: Table) -> str:
+    """The name of *table*'s JSON ingestion mapping in ADX (referenced at ingestion)."""
+    return f"{table.name}_json"
+
+
+def adx_json_mapping(table: Table) -> str:
+    """``.create-or-alter`` of the JSON mapping: each column from the same-named top-level field."""
+    entries = ",".join(
+        f'{{"column":"{c.name}","datatype":"{c.kind.value}","Properties":{{"Path":"$.{c.name}"}}}}'
+        for c in table.columns
+    )
+    return f".create-or-alter table {table.name} ingestion json mapping \"{json_mapping_name(table)}\" '[{entries}]'"
+
+
 def render_duckdb() -> str:
     return "\n\n".join(duckdb_ddl(t) for t in TABLES) + "\n"
 
 
 def render_adx() -> str:
-    return "\n\n".join(adx_create_table(t) for t in TABLES if not t.local_only) + "\n"
+    parts = []
+    for table in TABLES:
+        if not table.local_only:
+            parts += [adx_create_table(table), adx_json_mapping(table)]
+    return "\n\n".join(parts) + "\n"
