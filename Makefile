@@ -19,7 +19,12 @@ $(STAMP): pyproject.toml
 run: setup
 	$(BIN)/auditlake demo
 
-test: setup lint
+# Azurite (the Storage emulator the adapter tests use) comes from npm, pinned in package-lock.json.
+node_modules/.bin/azurite: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+test: setup lint node_modules/.bin/azurite
 	$(BIN)/python -m pytest -q
 
 lint: setup
@@ -30,4 +35,4 @@ bench: setup
 	$(BIN)/python -m tests.bench.run
 
 clean:
-	rm -rf $(VENV) .auditlake .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .auditlake .pytest_cache .mypy_cache .ruff_cache

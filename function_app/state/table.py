@@ -1,0 +1,578 @@
+"""Checkpoints, the content ledger and run history in Azure Table Storage.
+
+Behaves like ``state/local.py`` (the DuckDB store), with the concurrency Azure adds: many
+Function instances share these tables, so every read-modify-write is guarded by the
+entity's ETag. Checkpoint writes fail loudly (``CheckpointConflictError``) when another
+writer moved the checkpoint; ``claim`` lets exactly one instance work on a blob at a time.
+
+Layout (PartitionKey / RowKey):
+
+* checkpoints: ``{tenant_id}|{content_type}`` / ``checkpoint``
+* ledger: ``{tenant_id}|{content_type}`` / the content id, made key-safe by ``encode_key``;
+  plus one *open marker* row per unsettled blob in the same partition (RowKey
+  ``OPEN_PREFIX + key``), so ``pending`` reads the few open blobs with a RowKey range
+  instead of scanning years of settled ones.
+* runs: ``{tenant_id}|{content_type}`` / the run id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import orjson
+from azure.core import MatchConditions
+from azure.core.credentials_async import AsyncTokenCredential
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import EdmType, EntityProperty, TableEntity, UpdateMode
+from azure.data.tables.aio import TableClient, TableServiceClient
+
+from function_app.core.model import TERMINAL_STATUSES, BlobStatus, Checkpoint, ContentBlob, RunStats, utc
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_CHECKPOINTS_TABLE = "AuditLakeCheckpoints"
+DEFAULT_LEDGER_TABLE = "AuditLakeLedger"
+DEFAULT_RUNS_TABLE = "AuditLakeRuns"
+
+CHECKPOINT_ROW_KEY = "checkpoint"
+# encode_key turns every "%" into "%XX" with two upper-case hex digits, so no encoded id
+# ever contains "%O": marker rows can never collide with ledger rows.
+OPEN_PREFIX = "%O:"
+_OPEN_END = "%O;"  # the next RowKey after every OPEN_PREFIX key (":" + 1 == ";")
+
+# Characters Table Storage forbids in keys (plus "%", the escape itself).
+_FORBIDDEN = frozenset("/\\#?%")
+# A string property holds at most 64 KiB of UTF-16; leave room for surrogate pairs.
+_MAX_STRING = 30_000
+# Concurrent point operations per call: enough to hide latency, few enough to stay polite.
+_PARALLEL = 16
+# Bounded retries of an ETag-guarded read-modify-write before giving up.
+_MAX_RETRIES = 8
+
+
+class CheckpointConflictError(Exception):
+    """Another writer created or moved the checkpoint since it was read."""
+
+    def __init__(self, tenant_id: str, content_type: str) -> None:
+        super().__init__(f"checkpoint of tenant {tenant_id} content type {content_type} was moved by another writer")
+        self.tenant_id = tenant_id
+        self.content_type = content_type
+
+
+class StateConflictError(Exception):
+    """A ledger row kept changing under an ETag-guarded update; try again later."""
+
+
+def encode_key(value: str) -> str:
+    """Make *value* usable as a PartitionKey/RowKey, reversibly (see ``decode_key``).
+
+    Percent-encodes only what Table Storage forbids (``/ \\ # ?`` and control characters)
+    and ``%`` itself, so ordinary content ids (``$``, ``_``, digits) stay readable.
+    """
+    out = []
+    for ch in value:
+        code = ord(ch)
+        if ch in _FORBIDDEN or code < 0x20 or 0x7F <= code <= 0x9F:
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8")))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def decode_key(key: str) -> str:
+    """Invert ``encode_key``."""
+    data = bytearray()
+    i = 0
+    raw = key.encode("utf-8")
+    while i < len(raw):
+        if raw[i] == 0x25 and i + 2 < len(raw):
+            data.append(int(raw[i + 1:i + 3], 16))
+            i += 3
+        else:
+            data.append(raw[i])
+            i += 1
+    return data.decode("utf-8")
+
+
+def partition_key(tenant_id: str, content_type: str) -> str:
+    """The PartitionKey shared by a feed's checkpoint, ledger and runs."""
+    return f"{encode_key(tenant_id)}|{encode_key(content_type)}"
+
+
+def _dt(value: Any) -> datetime | None:
+    """A plain aware-UTC datetime from an entity value (the SDK returns a subclass)."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}")
+    v = utc(value)
+    return datetime.combine(v.date(), v.time(), tzinfo=UTC)
+
+
+def _req_dt(value: Any) -> datetime:
+    result = _dt(value)
+    if result is None:
+        raise ValueError("missing datetime property")
+    return result
+
+
+def _int(value: Any) -> int | None:
+    # Int64 properties come back wrapped in EntityProperty; Int32 as plain int.
+    if isinstance(value, EntityProperty):
+        value = value.value
+    return None if value is None else int(value)
+
+
+def _int64(value: int | None) -> EntityProperty | None:
+    return None if value is None else EntityProperty(value, EdmType.INT64)
+
+
+def _clip(text: str | None) -> str | None:
+    if text is None or len(text) <= _MAX_STRING:
+        return text
+    return text[: _MAX_STRING - 20] + " ...[truncated]"
+
+
+def _blob_from(entity: TableEntity | dict[str, Any]) -> ContentBlob:
+    return ContentBlob(
+        str(entity["TenantId"]), str(entity["ContentType"]), str(entity["ContentId"]), str(entity["ContentUri"]),
+        _req_dt(entity["ContentCreated"]), _req_dt(entity["ContentExpiration"]),
+    )
+
+
+def _props(entity: TableEntity) -> dict[str, Any]:
+    """The entity's properties as a plain dict, for a REPLACE after modification."""
+    out: dict[str, Any] = {}
+    for name, value in entity.items():
+        if isinstance(value, datetime):
+            out[name] = _dt(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _etag(entity: TableEntity) -> str:
+    return str(entity.metadata["etag"])
+
+
+class TableStateStore:
+    """StateStore over Azure Table Storage (async SDK); safe to share between coroutines
+    of one event loop, and between instances of the app (ETag-guarded writes)."""
+
+    def __init__(
+        self,
+        service: TableServiceClient,
+        *,
+        checkpoints_table: str = DEFAULT_CHECKPOINTS_TABLE,
+        ledger_table: str = DEFAULT_LEDGER_TABLE,
+        runs_table: str = DEFAULT_RUNS_TABLE,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._service = service
+        self._names = (checkpoints_table, ledger_table, runs_table)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._tables: tuple[TableClient, TableClient, TableClient] | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    def from_connection_string(cls, connection_string: str, **kwargs: Any) -> TableStateStore:
+        """A store on the account of *connection_string* (Azurite locally)."""
+        return cls(TableServiceClient.from_connection_string(connection_string), **kwargs)
+
+    @classmethod
+    def from_endpoint(cls, endpoint: str, credential: AsyncTokenCredential, **kwargs: Any) -> TableStateStore:
+        """A store on ``https://<account>.table.core.windows.net`` with an identity (no keys)."""
+        return cls(TableServiceClient(endpoint, credential=credential), **kwargs)
+
+    async def close(self) -> None:
+        """Close the HTTP session; the store cannot be used afterwards."""
+        if self._tables is not None:
+            for table in self._tables:
+                await table.close()
+        await self._service.close()
+
+    async def __aenter__(self) -> TableStateStore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _clients(self) -> tuple[TableClient, TableClient, TableClient]:
+        """The three table clients, creating the tables on first use."""
+        if self._tables is None:
+            async with self._lock:
+                if self._tables is None:
+                    clients = []
+                    for name in self._names:
+                        clients.append(await self._service.create_table_if_not_exists(name))
+                    self._tables = (clients[0], clients[1], clients[2])
+        return self._tables
+
+    async def _checkpoints(self) -> TableClient:
+        return (await self._clients())[0]
+
+    async def _ledger(self) -> TableClient:
+        return (await self._clients())[1]
+
+    async def _runs(self) -> TableClient:
+        return (await self._clients())[2]
+
+    # -- checkpoints --------------------------------------------------------------------
+
+    async def get_checkpoint(self, tenant_id: str, content_type: str) -> Checkpoint | None:
+        """The checkpoint with its ETag, or None if the feed has none yet."""
+        table = await self._checkpoints()
+        try:
+            entity = await table.get_entity(partition_key(tenant_id, content_type), CHECKPOINT_ROW_KEY)
+        except ResourceNotFoundError:
+            return None
+        return Checkpoint(tenant_id, content_type, _req_dt(entity["Position"]),
+                          last_sweep=_dt(entity.get("LastSweep")), etag=_etag(entity))
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> Checkpoint:
+        """Persist *checkpoint* and return it with its new ETag.
+
+        With an etag, replaces only if nobody wrote since that etag was read; without one,
+        creates the checkpoint only if none exists. Otherwise raises CheckpointConflictError.
+        """
+        table = await self._checkpoints()
+        entity = {
+            "PartitionKey": partition_key(checkpoint.tenant_id, checkpoint.content_type),
+            "RowKey": CHECKPOINT_ROW_KEY,
+            "TenantId": checkpoint.tenant_id,
+            "ContentType": checkpoint.content_type,
+            "Position": utc(checkpoint.position),
+            "LastSweep": None if checkpoint.last_sweep is None else utc(checkpoint.last_sweep),
+            "UpdatedAt": utc(self._clock()),
+        }
+        try:
+            if checkpoint.etag is None:
+                meta = await table.create_entity(entity)
+            else:
+                meta = await table.update_entity(entity, mode=UpdateMode.REPLACE, etag=checkpoint.etag,
+                                                 match_condition=MatchConditions.IfNotModified)
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError) as exc:
+            log.warning("checkpoint conflict tenant_id=%s content_type=%s error=%s",
+                        checkpoint.tenant_id, checkpoint.content_type, type(exc).__name__)
+            raise CheckpointConflictError(checkpoint.tenant_id, checkpoint.content_type) from exc
+        return Checkpoint(checkpoint.tenant_id, checkpoint.content_type, utc(checkpoint.position),
+                          last_sweep=None if checkpoint.last_sweep is None else utc(checkpoint.last_sweep),
+                          etag=str(meta["etag"]))
+
+    # -- ledger -------------------------------------------------------------------------
+
+    async def _gather(self, items: Iterable[T], fn: Callable[[T], Awaitable[Any]]) -> list[Any]:
+        gate = asyncio.Semaphore(_PARALLEL)
+
+        async def one(item: T) -> Any:
+            async with gate:
+                return await fn(item)
+
+        return list(await asyncio.gather(*(one(i) for i in items)))
+
+    def _ledger_entity(self, blob: ContentBlob, status: BlobStatus, listed_at: datetime) -> dict[str, Any]:
+        return {
+            "PartitionKey": partition_key(blob.tenant_id, blob.content_type),
+            "RowKey": encode_key(blob.content_id),
+            "TenantId": blob.tenant_id,
+            "ContentType": blob.content_type,
+            "ContentId": blob.content_id,
+            "ContentUri": blob.content_uri,
+            "ContentCreated": utc(blob.content_created),
+            "ContentExpiration": utc(blob.content_expiration),
+            "ListedAt": utc(listed_at),
+            "Status": status.value,
+            "Attempts": 0,
+        }
+
+    async def _open_marker(self, table: TableClient, blob: ContentBlob) -> None:
+        # Always written after the ledger row (so ``pending`` never sees a marker before its
+        # row) and re-written whenever an unsettled row is seen; a marker left behind by a
+        # settled row is removed by ``pending``.
+        await table.upsert_entity({
+            "PartitionKey": partition_key(blob.tenant_id, blob.content_type),
+            "RowKey": OPEN_PREFIX + encode_key(blob.content_id),
+            "ContentId": blob.content_id,
+        }, mode=UpdateMode.REPLACE)
+
+    async def _close_marker(self, table: TableClient, blob: ContentBlob) -> None:
+        # delete_entity treats a missing entity as deleted (404 is not raised).
+        await table.delete_entity(partition_key(blob.tenant_id, blob.content_type),
+                                  OPEN_PREFIX + encode_key(blob.content_id))
+
+    async def register_listed(self, blobs: Sequence[ContentBlob], listed_at: datetime) -> list[ContentBlob]:
+        """Record listed blobs; return the new ones, then those known but still ``listed``.
+
+        A blob another planner registered at the same moment counts as known and
+        ``listed``: it is returned by both, and ``claim`` decides who processes it.
+        """
+        if not blobs:
+            return []
+        table = await self._ledger()
+        # Duplicates within one listing are recorded once, as the local store does.
+        unique = list({(b.tenant_id, b.content_type, b.content_id): b for b in blobs}.values())
+        unsettled = (BlobStatus.LISTED.value, BlobStatus.QUEUED.value)
+
+        async def one(blob: ContentBlob) -> tuple[ContentBlob, str]:
+            try:
+                await table.create_entity(self._ledger_entity(blob, BlobStatus.LISTED, listed_at))
+                status = "new"
+            except ResourceExistsError:
+                # Create-then-read rather than read-then-create: two planners racing on
+                # one blob cannot both see it as new.
+                entity = await table.get_entity(partition_key(blob.tenant_id, blob.content_type),
+                                                encode_key(blob.content_id))
+                status = str(entity["Status"])
+            if status == "new" or status in unsettled:
+                await self._open_marker(table, blob)
+            return blob, status
+
+        outcomes = await self._gather(unique, one)
+        new = [b for b, s in outcomes if s == "new"]
+        never_handed = [b for b, s in outcomes if s == BlobStatus.LISTED.value]
+        return new + never_handed
+
+    async def _modify(
+        self,
+        blob: ContentBlob,
+        change: Callable[[dict[str, Any]], bool],
+        *,
+        create: Callable[[], dict[str, Any]] | None = None,
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """ETag-guarded read-modify-write of *blob*'s ledger row.
+
+        *change* edits the properties in place and returns False to leave the row alone.
+        A missing row is created from *create* (then changed) or, without it, ignored.
+        Returns the properties written (None if nothing was written) and whether the row
+        was created; raises StateConflictError if the row kept changing underneath.
+        """
+        table = await self._ledger()
+        pk, rk = partition_key(blob.tenant_id, blob.content_type), encode_key(blob.content_id)
+        for _ in range(_MAX_RETRIES):
+            try:
+                entity = await table.get_entity(pk, rk)
+            except ResourceNotFoundError:
+                if create is None:
+                    return None, False
+                props = create()
+                if not change(props):
+                    return None, False
+                try:
+                    await table.create_entity(props)
+                    return props, True
+                except ResourceExistsError:
+                    continue
+            props = _props(entity)
+            if not change(props):
+                return None, False
+            try:
+                await table.update_entity(props, mode=UpdateMode.REPLACE, etag=_etag(entity),
+                                          match_condition=MatchConditions.IfNotModified)
+                return props, False
+            except (ResourceModifiedError, ResourceNotFoundError):
+                continue
+        raise StateConflictError(
+            f"ledger row kept changing: tenant {blob.tenant_id} content type {blob.content_type} "
+            f"content id {blob.content_id}")
+
+    async def mark_queued(self, blobs: Sequence[ContentBlob]) -> None:
+        """Move rows that are ``listed`` to ``queued``; rows in any other status are left alone."""
+
+        def change(props: dict[str, Any]) -> bool:
+            if props.get("Status") != BlobStatus.LISTED.value:
+                return False
+            props["Status"] = BlobStatus.QUEUED.value
+            return True
+
+        async def one(blob: ContentBlob) -> None:
+            await self._modify(blob, change)
+
+        await self._gather(blobs, one)
+
+    async def pending(self, tenant_id: str, content_type: str) -> list[ContentBlob]:
+        """Blobs ``listed`` or ``queued`` but not settled, oldest ``contentCreated`` first."""
+        table = await self._ledger()
+        pk = partition_key(tenant_id, content_type)
+        markers = table.query_entities(
+            "PartitionKey eq @pk and RowKey ge @lo and RowKey lt @hi",
+            parameters={"pk": pk, "lo": OPEN_PREFIX, "hi": _OPEN_END},
+            select=["RowKey"],
+        )
+        keys = [str(m["RowKey"])[len(OPEN_PREFIX):] async for m in markers]
+
+        async def one(rk: str) -> ContentBlob | None:
+            try:
+                entity = await table.get_entity(pk, rk)
+            except ResourceNotFoundError:
+                entity = None
+            if entity is not None and entity.get("Status") in (BlobStatus.LISTED.value, BlobStatus.QUEUED.value):
+                return _blob_from(entity)
+            # A stale marker: its row settled after the marker was (re-)written.
+            await table.delete_entity(pk, OPEN_PREFIX + rk)
+            return None
+
+        found = [b for b in await self._gather(keys, one) if b is not None]
+        return sorted(found, key=lambda b: (b.content_created, b.content_id))
+
+    async def failed(self, tenant_id: str | None = None) -> list[ContentBlob]:
+        """Blobs whose last attempt failed, for ``replay`` (a table scan: operator use only)."""
+        table = await self._ledger()
+        if tenant_id is None:
+            rows = table.query_entities("Status eq @s", parameters={"s": BlobStatus.FAILED.value})
+        else:
+            rows = table.query_entities("Status eq @s and TenantId eq @t",
+                                        parameters={"s": BlobStatus.FAILED.value, "t": tenant_id})
+        # Open markers have no Status, so the filter never returns them.
+        found = [_blob_from(e) async for e in rows]
+        return sorted(found, key=lambda b: (b.content_created, b.content_id))
+
+    async def mark(
+        self,
+        blob: ContentBlob,
+        status: BlobStatus,
+        *,
+        at: datetime,
+        records: int | None = None,
+        size: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Move the row to *status*, counting the attempt; settling releases any claim.
+
+        Error is replaced (cleared when None); Records, Bytes keep their value when None;
+        FetchedAt is *at* (the last attempt), IngestedAt is *at* only for ``ingested``.
+        A row that does not exist (a message for a blob never registered) is created, so
+        the outcome is never lost (the local store would ignore it).
+        """
+        at = utc(at)
+
+        def change(props: dict[str, Any]) -> bool:
+            props["Status"] = status.value
+            props["Attempts"] = (_int(props.get("Attempts")) or 0) + 1
+            props["Error"] = _clip(error)
+            if records is not None:
+                props["Records"] = _int64(records)
+            if size is not None:
+                props["Bytes"] = _int64(size)
+            props["FetchedAt"] = at
+            if status is BlobStatus.INGESTED:
+                props["IngestedAt"] = at
+            if status in TERMINAL_STATUSES:
+                props["ClaimOwner"] = None
+                props["ClaimUntil"] = None
+            return True
+
+        await self._modify(blob, change, create=lambda: self._ledger_entity(blob, status, at))
+        table = await self._ledger()
+        if status in TERMINAL_STATUSES:
+            await self._close_marker(table, blob)
+        else:
+            await self._open_marker(table, blob)
+
+    async def claim(self, blob: ContentBlob, owner: str, lease: timedelta, now: datetime) -> bool:
+        """Take the right to process *blob* until ``now + lease``; True if *owner* holds it.
+
+        Exactly one of any number of concurrent claimers wins (ETag-guarded). A live claim
+        of another owner refuses; an expired one is taken over; the same owner renews.
+        A settled blob (ingested, failed, expired) cannot be claimed. A blob missing from
+        the ledger (a message for a blob never registered) is recorded as ``queued`` and
+        claimed. A row that keeps changing underneath counts as lost (False).
+        """
+        now = utc(now)
+        terminal = {s.value for s in TERMINAL_STATUSES}
+
+        def change(props: dict[str, Any]) -> bool:
+            if props.get("Status") in terminal:
+                return False
+            holder, until = props.get("ClaimOwner"), _dt(props.get("ClaimUntil"))
+            if holder and holder != owner and until is not None and until > now:
+                return False
+            props["ClaimOwner"] = owner
+            props["ClaimUntil"] = now + lease
+            return True
+
+        try:
+            written, created = await self._modify(
+                blob, change, create=lambda: self._ledger_entity(blob, BlobStatus.QUEUED, now))
+        except StateConflictError:
+            written, created = None, False
+        if created:
+            await self._open_marker(await self._ledger(), blob)
+        won = written is not None
+        log.info("claim tenant_id=%s content_type=%s content_id=%s owner=%s won=%s",
+                 blob.tenant_id, blob.content_type, blob.content_id, owner, won)
+        return won
+
+    async def release(self, blob: ContentBlob, owner: str) -> None:
+        """Drop *owner*'s claim, if it still holds one (after a failure that leaves the blob
+        to be retried), so another instance need not wait for the lease to run out."""
+
+        def change(props: dict[str, Any]) -> bool:
+            if props.get("ClaimOwner") != owner:
+                return False
+            props["ClaimOwner"] = None
+            props["ClaimUntil"] = None
+            return True
+
+        await self._modify(blob, change)
+
+    # -- runs ---------------------------------------------------------------------------
+
+    async def record_run(self, run: RunStats) -> None:
+        """Insert or replace the run's row (keyed by tenant, content type and run id)."""
+        table = await self._runs()
+        errors = list(run.errors)
+        text = orjson.dumps(errors).decode()
+        # Keep whole messages while the list fits in one property; say how many were cut.
+        while len(text) > _MAX_STRING and errors:
+            errors = errors[:-1]
+            text = orjson.dumps([*errors, f"... {len(run.errors) - len(errors)} more"]).decode()
+        entity = {
+            "PartitionKey": partition_key(run.tenant_id, run.content_type),
+            "RowKey": encode_key(run.run_id),
+            "RunId": run.run_id,
+            "TenantId": run.tenant_id,
+            "ContentType": run.content_type,
+            "StartedAt": utc(run.started_at),
+            "FinishedAt": None if run.finished_at is None else utc(run.finished_at),
+            "WindowStart": None if run.window_start is None else utc(run.window_start),
+            "WindowEnd": None if run.window_end is None else utc(run.window_end),
+            "Pages": run.pages,
+            "BlobsListed": run.blobs_listed,
+            "BlobsNew": run.blobs_new,
+            "Throttled": run.throttled,
+            "Errors": _clip(text),
+        }
+        await table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+
+    async def get_run(self, tenant_id: str, content_type: str, run_id: str) -> RunStats | None:
+        """The recorded run, or None."""
+        table = await self._runs()
+        try:
+            e = await table.get_entity(partition_key(tenant_id, content_type), encode_key(run_id))
+        except ResourceNotFoundError:
+            return None
+        return RunStats(
+            run_id=str(e["RunId"]), tenant_id=str(e["TenantId"]), content_type=str(e["ContentType"]),
+            started_at=_req_dt(e["StartedAt"]), finished_at=_dt(e.get("FinishedAt")),
+            window_start=_dt(e.get("WindowStart")), window_end=_dt(e.get("WindowEnd")),
+            pages=_int(e.get("Pages")) or 0, blobs_listed=_int(e.get("BlobsListed")) or 0,
+            blobs_new=_int(e.get("BlobsNew")) or 0, throttled=_int(e.get("Throttled")) or 0,
+            errors=list(orjson.loads(str(e.get("Errors") or "[]"))),
+        )
+
+    async def ledger_row(self, blob: ContentBlob) -> dict[str, Any] | None:
+        """The ledger row's properties (datetimes aware UTC, ints unwrapped), or None."""
+        table = await self._ledger()
+        try:
+            entity = await table.get_entity(partition_key(blob.tenant_id, blob.content_type),
+                                            encode_key(blob.content_id))
+        except ResourceNotFoundError:
+            return None
+        props = _props(entity)
+        return {k: (_int(v) if isinstance(v, EntityProperty) else v) for k, v in props.items()}

@@ -1,0 +1,221 @@
+"""A local fake of the ADX data-management endpoint, backed by Azurite.
+
+It answers the two management commands ``QueuedIngestClient`` sends
+(``.get ingestion resources`` and ``.get kusto identity token``) with SAS URLs into
+Azurite, so the real SDK uploads its blob and posts its queue message there;
+``read_ingestions`` then pops those messages and reads the blobs back as rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.data.tables import TableSasPermissions, TableServiceClient, generate_table_sas
+from azure.storage.blob import BlobClient, BlobServiceClient, ContainerSasPermissions, generate_container_sas
+from azure.storage.queue import QueueSasPermissions, QueueServiceClient, generate_queue_sas
+
+from tests.azurite import Azurite
+
+IDENTITY_TOKEN = "FAKE-IDENTITY-TOKEN"
+CONTAINER = "tempstorage"
+READY_QUEUE = "readyforaggregation-secured"
+FAILED_QUEUE = "failedingestions"
+SUCCESS_QUEUE = "successfulingestions"
+STATUS_TABLE = "ingestionsstatus"
+
+
+@dataclass
+class Ingestion:
+    """One ingestion the client queued: its decoded message and the rows of its blob."""
+
+    message: dict[str, Any]
+    rows: list[dict[str, Any]]
+    blob_name: str
+
+    @property
+    def database(self) -> str:
+        return str(self.message["DatabaseName"])
+
+    @property
+    def table(self) -> str:
+        return str(self.message["TableName"])
+
+    @property
+    def additional_properties(self) -> dict[str, Any]:
+        return dict(self.message["AdditionalProperties"])
+
+    @property
+    def source_id(self) -> str:
+        return str(self.message["Id"])
+
+
+@dataclass
+class StreamedIngestion:
+    """One streaming ingestion (``POST /v1/rest/ingest/{db}/{table}``) and its rows."""
+
+    database: str
+    table: str
+    query: dict[str, list[str]]
+    rows: list[dict[str, Any]]
+
+
+@dataclass
+class MgmtRequest:
+    db: str
+    csl: str
+    headers: dict[str, str]
+
+
+@dataclass
+class FakeAdx:
+    """The data-management endpoint; ``uri`` is what the ingest client connects to."""
+
+    azurite: Azurite
+    requests: list[MgmtRequest] = field(default_factory=list)
+    streamed: list[StreamedIngestion] = field(default_factory=list)
+    _server: ThreadingHTTPServer | None = None
+    _resources: list[list[str]] = field(default_factory=list)
+
+    @property
+    def uri(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> FakeAdx:
+        self._provision()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    parts: list[bytes] = []
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                        if size == 0:
+                            self.rfile.readline()
+                            return b"".join(parts)
+                        parts.append(self.rfile.read(size))
+                        self.rfile.readline()
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def do_POST(self) -> None:
+                raw = self._body()
+                url = urlsplit(self.path)
+                if url.path.startswith("/v1/rest/ingest/"):
+                    if self.headers.get("Content-Encoding", "").lower() == "gzip":
+                        raw = gzip.decompress(raw)
+                    _, db, table = url.path.rsplit("/", 2)
+                    rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+                    fake.streamed.append(StreamedIngestion(db, table, parse_qs(url.query), rows))
+                    status, payload = 200, _v1_table(
+                        ["ConsumedRecordsCount", "UpdatePolicyStatus", "UpdatePolicyFailureCode",
+                         "UpdatePolicyFailureReason"], [[0, "Inactive", "Unknown", None]])
+                else:
+                    body = json.loads(raw or b"{}")
+                    fake.requests.append(MgmtRequest(str(body.get("db")), str(body.get("csl")),
+                                                     {k.lower(): v for k, v in self.headers.items()}))
+                    status, payload = fake._answer(url.path, str(body.get("csl", "")))
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self._server.serve_forever, name="fake-adx", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def _answer(self, path: str, csl: str) -> tuple[int, dict[str, Any]]:
+        if path != "/v1/rest/mgmt":
+            return 404, {"error": {"code": "NotFound", "message": path, "@permanent": True}}
+        command = csl.strip()
+        if command == ".get ingestion resources":
+            return 200, _v1_table(["ResourceTypeName", "StorageRoot"], self._resources)
+        if command == ".get kusto identity token":
+            return 200, _v1_table(["AuthorizationContext"], [[IDENTITY_TOKEN]])
+        return 400, {"error": {"code": "BadRequest", "message": f"unsupported command {command}",
+                               "@type": "Kusto.Data.Exceptions.SyntaxException", "@permanent": True}}
+
+    def _provision(self) -> None:
+        az = self.azurite
+        expiry = datetime.now(UTC) + timedelta(hours=2)
+        blobs = BlobServiceClient.from_connection_string(az.connection_string)
+        if not blobs.get_container_client(CONTAINER).exists():
+            blobs.create_container(CONTAINER)
+        queues = QueueServiceClient.from_connection_string(az.connection_string)
+        for name in (READY_QUEUE, FAILED_QUEUE, SUCCESS_QUEUE):
+            queue = queues.get_queue_client(name)
+            try:
+                queue.create_queue()
+            except Exception:  # already there from an earlier fake in this session
+                queue.clear_messages()
+        TableServiceClient.from_connection_string(az.connection_string).create_table_if_not_exists(STATUS_TABLE)
+        container_sas = generate_container_sas(
+            az.account_name, CONTAINER, az.account_key,
+            permission=ContainerSasPermissions(read=True, write=True, create=True, list=True), expiry=expiry)
+        queue_sas = {
+            name: generate_queue_sas(az.account_name, name, az.account_key,
+                                     permission=QueueSasPermissions(read=True, add=True, process=True),
+                                     expiry=expiry)
+            for name in (READY_QUEUE, FAILED_QUEUE, SUCCESS_QUEUE)
+        }
+        table_sas = generate_table_sas(AzureNamedKeyCredential(az.account_name, az.account_key), STATUS_TABLE,
+                                       permission=TableSasPermissions(read=True, add=True, update=True),
+                                       expiry=expiry)
+        self._resources = [
+            ["SecuredReadyForAggregationQueue", f"{az.queue_endpoint}/{READY_QUEUE}?{queue_sas[READY_QUEUE]}"],
+            ["FailedIngestionsQueue", f"{az.queue_endpoint}/{FAILED_QUEUE}?{queue_sas[FAILED_QUEUE]}"],
+            ["SuccessfulIngestionsQueue", f"{az.queue_endpoint}/{SUCCESS_QUEUE}?{queue_sas[SUCCESS_QUEUE]}"],
+            ["TempStorage", f"{az.blob_endpoint}/{CONTAINER}?{container_sas}"],
+            ["IngestionsStatusTable", f"{az.table_endpoint}/{STATUS_TABLE}?{table_sas}"],
+        ]
+
+    def commands(self) -> list[str]:
+        return [r.csl for r in self.requests]
+
+    def read_ingestions(self) -> list[Ingestion]:
+        """Pop every message the client queued, in order, with the rows of its blob."""
+        queue = QueueServiceClient.from_connection_string(self.azurite.connection_string).get_queue_client(
+            READY_QUEUE)
+        found: list[Ingestion] = []
+        while True:
+            batch = list(queue.receive_messages(messages_per_page=32, max_messages=32))
+            if not batch:
+                break
+            for msg in batch:
+                message = json.loads(base64.b64decode(msg.content))
+                blob = BlobClient.from_blob_url(str(message["BlobPath"]))
+                data = blob.download_blob().readall()
+                if str(blob.blob_name).endswith(".gz"):
+                    data = gzip.decompress(data)
+                rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+                found.append(Ingestion(message, rows, str(blob.blob_name)))
+                queue.delete_message(msg)
+        return found
+
+
+def _v1_table(columns: list[str], rows: list[list[Any]]) -> dict[str, Any]:
+    return {"Tables": [{
+        "TableName": "Table_0",
+        "Columns": [{"ColumnName": c, "DataType": "String", "ColumnType": "string"} for c in columns],
+        "Rows": rows,
+    }]}

@@ -1,0 +1,261 @@
+"""AdxSink through the real azure-kusto-ingest client, against a fake DM endpoint and Azurite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from azure.kusto.data import KustoConnectionStringBuilder
+from azure.kusto.ingest import QueuedIngestClient
+
+from function_app.core.model import ContentBlob
+from function_app.lake.adx import AdxIngestError, AdxSink, source_id, to_json_lines
+from function_app.lake.schema import (
+    AUDIT_RECORD,
+    COLLECTOR_RUN,
+    CONTENT_LEDGER,
+    Kind,
+    Table,
+    adx_json_mapping,
+    json_mapping_name,
+)
+from tests.adapters.fake_adx import IDENTITY_TOKEN, FakeAdx, Ingestion
+from tests.azurite import Azurite
+
+DB = "auditlake"
+TENANT = "11111111-2222-3333-4444-555555555555"
+CREATED = datetime(2026, 11, 21, 10, 0, 0, 123000, tzinfo=UTC)
+CONTENT_ID = "20261121100000123$20261121100000123$audit_exchange$Audit_Exchange$emea0001"
+BLOB = ContentBlob(TENANT, "Audit.Exchange", CONTENT_ID,
+                   f"https://manage.office.com/api/v1.0/{TENANT}/activity/feed/audit/x", CREATED,
+                   CREATED + timedelta(days=7))
+
+
+def audit_row(i: int) -> dict[str, Any]:
+    record = {"Id": f"id-{i}", "RecordType": 2, "Operation": "MailItemsAccessed", "CreationTime": "2026-11-21T09:59:58",
+              "Nested": {"a": [1, 2, {"b": None}]}, "Unicode": "Zoë ✓"}
+    return {
+        "TimeGenerated": datetime(2026, 11, 21, 9, 59, 58, 456789, tzinfo=UTC),
+        "Id": f"id-{i}", "TenantId": TENANT, "ContentType": BLOB.content_type, "ContentId": BLOB.content_id,
+        # An aware value in another zone must arrive as UTC.
+        "ContentCreated": CREATED.astimezone(timezone(timedelta(hours=2))),
+        "RecordType": 2, "RecordTypeName": "ExchangeItem", "Operation": "MailItemsAccessed", "Workload": "Exchange",
+        "ResultStatus": "Succeeded", "UserId": "Alice@Contoso.com", "UserPrincipal": "alice@contoso.com",
+        "UserKey": "1003", "UserType": 0, "UserTypeName": "Regular", "ClientIP": "203.0.113.7", "ClientPort": 443,
+        "ClientIPRaw": "[203.0.113.7]:443", "ClientIPKind": "public", "ObjectId": None, "AppId": "app",
+        "SessionId": "s-1", "Properties": {"Folder": "/Inbox", "Count": i}, "AuditData": record,
+        "Quality": ["client_ip_had_port"], "IngestedAt": datetime(2026, 11, 21, 10, 1, tzinfo=UTC),
+        "NotAColumn": "dropped",
+    }
+
+
+def ledger_row() -> dict[str, Any]:
+    return {
+        "TenantId": TENANT, "ContentType": BLOB.content_type, "ContentId": BLOB.content_id,
+        "ContentUri": BLOB.content_uri, "ContentCreated": CREATED, "ContentExpiration": BLOB.content_expiration,
+        "ListedAt": CREATED + timedelta(minutes=1), "FetchedAt": CREATED + timedelta(minutes=2),
+        "IngestedAt": CREATED + timedelta(minutes=3), "Records": 5_000_000_000, "Bytes": 1234,
+        "Status": "ingested", "Attempts": 1, "Error": None,
+    }
+
+
+@pytest.fixture(scope="module")
+def fake(azurite: Azurite) -> Iterator[FakeAdx]:
+    adx = FakeAdx(azurite).start()
+    yield adx
+    adx.stop()
+
+
+@pytest.fixture
+def drained(fake: FakeAdx) -> FakeAdx:
+    fake.read_ingestions()
+    fake.streamed.clear()
+    return fake
+
+
+class Recording:
+    """Delegates to the real client and keeps what it was given."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[tuple[Any, Any]] = []
+
+    def ingest_from_stream(self, descriptor: Any, properties: Any) -> Any:
+        self.calls.append((descriptor, properties))
+        return self.inner.ingest_from_stream(descriptor, properties)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def by_table(ingestions: list[Ingestion]) -> dict[str, Ingestion]:
+    return {i.table: i for i in ingestions}
+
+
+def parse_dt(value: str) -> datetime:
+    assert value.endswith("Z"), value
+    return datetime.fromisoformat(value[:-1] + "+00:00")
+
+
+def assert_valid(table: Table, row: dict[str, Any]) -> None:
+    assert list(row) == list(table.column_names)
+    for column in table.columns:
+        value = row[column.name]
+        if value is None:
+            continue
+        match column.kind:
+            case Kind.DATETIME:
+                assert isinstance(value, str)
+                parse_dt(value)
+            case Kind.INT | Kind.LONG:
+                assert isinstance(value, int) and not isinstance(value, bool)
+            case Kind.STRING:
+                assert isinstance(value, str)
+            case Kind.DYNAMIC:
+                assert isinstance(value, dict | list)
+            case _:
+                pass
+
+
+def mapping_paths(table: Table) -> dict[str, str]:
+    """Column -> Path of the mapping the schema renders (parsed from the command text)."""
+    text = adx_json_mapping(table)
+    m = re.fullmatch(r'\.create-or-alter table (\w+) ingestion json mapping "(\w+)" \'(.*)\'', text, re.S)
+    assert m, text
+    assert m.group(1) == table.name
+    assert m.group(2) == json_mapping_name(table)
+    return {e["column"]: e["Properties"]["Path"] for e in json.loads(m.group(3))}
+
+
+def test_rows_arrive_in_adx_shape_with_the_tables_mapping(drained: FakeAdx) -> None:
+    client = Recording(QueuedIngestClient(KustoConnectionStringBuilder.with_no_authentication(drained.uri)))
+    sink = AdxSink(client, DB)
+    rows = [audit_row(1), audit_row(2)]
+    result = asyncio.run(sink.write_blob(BLOB, {"AuditRecord": rows, "ContentLedger": [ledger_row()],
+                                                "CollectorRun": []}))
+    sink.close()
+    assert (result.inserted, result.duplicates) == (3, 0)
+
+    got = by_table(drained.read_ingestions())
+    assert set(got) == {"AuditRecord", "ContentLedger"}  # an empty table is not ingested
+    for table in (AUDIT_RECORD, CONTENT_LEDGER):
+        ingestion = got[table.name]
+        assert ingestion.database == DB
+        props = ingestion.additional_properties
+        assert props["format"] == "json"
+        assert props["ingestionMappingReference"] == json_mapping_name(table) == f"{table.name}_json"
+        assert props["ingestionMappingType"] == "Json"
+        assert props["authorizationContext"] == IDENTITY_TOKEN
+        assert "tags" not in props and "ingestIfNotExists" not in props
+        assert ingestion.source_id == str(source_id(BLOB, table.name))
+        assert ingestion.blob_name.startswith(f"{DB}__{table.name}__{ingestion.source_id}__")
+        assert ingestion.blob_name.endswith(".json.gz")
+        assert ingestion.message["RawDataSize"] > 0
+        # The mapping the reference names takes every column from the same-named field.
+        assert mapping_paths(table) == {c: f"$.{c}" for c in table.column_names}
+        for row in ingestion.rows:
+            assert_valid(table, row)
+
+    audit = got["AuditRecord"].rows
+    assert [r["Id"] for r in audit] == ["id-1", "id-2"]
+    for sent, back in zip(rows, audit, strict=True):
+        assert parse_dt(back["TimeGenerated"]) == sent["TimeGenerated"]
+        assert back["ContentCreated"] == "2026-11-21T10:00:00.123000Z"
+        assert back["AuditData"] == sent["AuditData"]  # nested JSON, not a string
+        assert back["Properties"] == sent["Properties"]
+        assert back["Quality"] == sent["Quality"]
+        assert back["ObjectId"] is None
+        for name in ("UserId", "UserPrincipal", "RecordType", "UserType", "ClientPort", "ClientIPRaw"):
+            assert back[name] == sent[name]
+
+    ledger = got["ContentLedger"].rows
+    assert len(ledger) == 1
+    sent_ledger = ledger_row()
+    for name, value in sent_ledger.items():
+        if isinstance(value, datetime):
+            assert parse_dt(ledger[0][name]) == value
+        else:
+            assert ledger[0][name] == value
+
+    # The SDK writes into additional_properties: each call must have had its own dict.
+    dicts = [p.additional_properties for _, p in client.calls]
+    assert len(dicts) == 2 and dicts[0] is not dicts[1]
+    assert drained.commands().count(".get kusto identity token") >= 1
+
+
+def test_source_id_is_deterministic_per_blob_and_table(drained: FakeAdx) -> None:
+    sink = AdxSink.create(drained.uri, DB)
+    for _ in range(2):
+        asyncio.run(sink.write_blob(BLOB, {"AuditRecord": [audit_row(1)]}))
+    other = ContentBlob(TENANT, BLOB.content_type, "other", BLOB.content_uri, CREATED, BLOB.content_expiration)
+    asyncio.run(sink.write_blob(other, {"AuditRecord": [audit_row(1)]}))
+    sink.close()
+    got = drained.read_ingestions()
+    ids = [i.source_id for i in got]
+    # A retry of the same blob is a new temp blob (no BlobAlreadyExists) with the same source id.
+    assert got[0].blob_name != got[1].blob_name
+    assert ids[0] == ids[1] == str(source_id(BLOB, "AuditRecord"))
+    assert ids[2] == str(source_id(other, "AuditRecord")) != ids[0]
+    assert source_id(BLOB, "AuditRecord") != source_id(BLOB, "ContentLedger")
+    assert uuid.UUID(ids[0]).version == 5
+
+
+def test_rewriting_a_blob_adds_its_rows_again_for_adx_to_deduplicate(drained: FakeAdx) -> None:
+    sink = AdxSink.create(drained.uri, DB)
+    first = asyncio.run(sink.write_blob(BLOB, {"AuditRecord": [audit_row(1)]}))
+    again = asyncio.run(sink.write_blob(BLOB, {"AuditRecord": [audit_row(1)]}))
+    sink.close()
+    assert first == again and again.inserted == 1 and again.duplicates == 0
+    got = drained.read_ingestions()
+    assert len(got) == 2 and got[0].rows == got[1].rows
+
+
+def test_streaming_sends_json_with_the_mapping_to_the_engine(drained: FakeAdx) -> None:
+    sink = AdxSink.create(drained.uri, DB, engine_uri=drained.uri, streaming=True)
+    result = asyncio.run(sink.write_blob(BLOB, {"ContentLedger": [ledger_row()]}))
+    sink.close()
+    assert result.inserted == 1
+    assert len(drained.streamed) == 1
+    streamed = drained.streamed[0]
+    assert (streamed.database, streamed.table) == (DB, "ContentLedger")
+    assert streamed.query["streamFormat"] == ["json"]
+    assert streamed.query["mappingName"] == ["ContentLedger_json"]
+    assert_valid(CONTENT_LEDGER, streamed.rows[0])
+    assert drained.read_ingestions() == []
+
+
+def test_sdk_failure_is_raised_as_adx_ingest_error_naming_table_and_blob() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sink = AdxSink.create(f"http://127.0.0.1:{port}", DB)
+    with pytest.raises(AdxIngestError) as info:
+        asyncio.run(sink.write_blob(BLOB, {"AuditRecord": [audit_row(1)]}))
+    sink.close()
+    assert info.value.table == "AuditRecord"
+    assert info.value.content_id == BLOB.content_id
+    assert info.value.cause is not None
+    assert "AuditRecord" in str(info.value) and BLOB.content_id in str(info.value)
+
+
+def test_a_table_outside_the_adx_schema_is_refused(drained: FakeAdx) -> None:
+    sink = AdxSink.create(drained.uri, DB)
+    with pytest.raises(ValueError):
+        asyncio.run(sink.write_blob(BLOB, {"Checkpoint": [{"TenantId": TENANT}]}))
+    with pytest.raises(ValueError):
+        asyncio.run(sink.write_blob(BLOB, {"Nope": []}))
+    sink.close()
+
+
+def test_json_lines_have_exactly_the_columns_in_order() -> None:
+    lines = to_json_lines(COLLECTOR_RUN, [{"RunId": "r", "Errors": ["x"], "Extra": 1}]).splitlines()
+    row = json.loads(lines[0])
+    assert list(row) == list(COLLECTOR_RUN.column_names)
+    assert row["Errors"] == ["x"] and row["StartedAt"] is None
