@@ -311,29 +311,29 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+# A spray: one address failing with a bad password (AADSTS 50126) against many users
+# within an hour. Office NAT addresses fail often too, but spread over days.
+_SPRAY = """let spray = AuditRecord
+| where Operation == "UserLoginFailed" and tostring(AuditData.ErrorCode) == "50126"
+| summarize UsersTried = dcount(UserPrincipal), Failures = count(), FirstFailure = min(TimeGenerated)
+    by ClientIP, Hour = bin(TimeGenerated, 1h)
+| where UsersTried >= 10;
+"""
+
 DEMO_INVESTIGATIONS: tuple[tuple[str, str], ...] = (
     (
-        "Password spray: one address failing against many users, then succeeding",
-        """AuditRecord
-| where Operation == "UserLoginFailed"
-| summarize Failures = count(), UsersTried = dcount(UserPrincipal), FirstFailure = min(TimeGenerated) by ClientIP
-| where UsersTried >= 5
-| join kind=inner (
-    AuditRecord
-    | where Operation == "UserLoggedIn"
-    | summarize SignedIn = make_set(UserPrincipal), FirstSuccess = min(TimeGenerated) by ClientIP
-) on ClientIP
-| project ClientIP, Failures, UsersTried, FirstFailure, SignedIn, FirstSuccess""",
+        "Password spray from one address, then a successful sign-in from it",
+        _SPRAY + """AuditRecord
+| where Operation == "UserLoggedIn"
+| join kind=inner spray on ClientIP
+| project SprayHour = Hour, ClientIP, UsersTried, Failures, SignedIn = TimeGenerated, UserPrincipal,
+    UserAgent = tostring(Properties.ExtendedProperties.UserAgent)""",
     ),
     (
-        "Mail read from that address (MailItemsAccessed, per message)",
-        """let spray = AuditRecord
-| where Operation == "UserLoginFailed"
-| summarize UsersTried = dcount(UserPrincipal) by ClientIP
-| where UsersTried >= 5;
-AuditRecord
+        "Mail read from the spraying address (MailItemsAccessed, per message)",
+        _SPRAY + """AuditRecord
 | where Operation == "MailItemsAccessed"
-| join kind=inner spray on ClientIP
+| join kind=inner (spray | distinct ClientIP) on ClientIP
 | mv-expand Folder = AuditData.Folders
 | mv-expand Item = Folder.FolderItems
 | summarize Messages = dcount(tostring(Item.InternetMessageId)), Folders = make_set(tostring(Folder.Path))

@@ -4,6 +4,12 @@ Rows are written in batches through Arrow with ``INSERT OR IGNORE`` on each tabl
 so the same record from another blob, or the same blob processed twice, never makes a
 second row. DuckDB is synchronous; every call runs in a worker thread behind one lock so
 the event loop keeps fetching while a batch is written.
+
+Writes use group commit: operations submitted while a commit is running are committed
+together in the next transaction. A DuckDB commit costs milliseconds whatever its size,
+so committing each blob and each ledger update on its own would bound the pipeline at a
+few hundred blobs a second; grouped, a commit carries everything the workers produced
+meanwhile. Each caller still returns only once its own operation is durable.
 """
 
 from __future__ import annotations
@@ -67,6 +73,43 @@ def to_arrow(table: Table, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     return pa.Table.from_arrays(arrays, names=list(table.column_names))
 
 
+def insert_tables(
+    con: duckdb.DuckDBPyConnection, tables: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> WriteResult:
+    """Insert every table's rows (inside the caller's transaction); existing keys are skipped."""
+    inserted = duplicates = 0
+    for name, rows in tables.items():
+        if not rows:
+            continue
+        batch = to_arrow(TABLES_BY_NAME[name], rows)
+        con.register("_batch", batch)
+        try:
+            row = con.execute(f'INSERT OR IGNORE INTO "{name}" SELECT * FROM _batch').fetchone()
+        finally:
+            con.unregister("_batch")
+        count = int(row[0]) if row else 0
+        inserted += count
+        duplicates += len(rows) - count
+    return WriteResult(inserted=inserted, duplicates=duplicates)
+
+
+def _isolated(con: duckdb.DuckDBPyConnection, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> tuple[bool, Any]:
+    """Run *fn* in a transaction of its own: (True, result) or (False, the exception)."""
+    try:
+        con.execute("BEGIN TRANSACTION")
+        value = fn(con)
+        con.execute("COMMIT")
+        return True, value
+    except Exception as exc:
+        con.execute("ROLLBACK")
+        return False, exc
+
+
+def _one(con: duckdb.DuckDBPyConnection, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> Exception:
+    ok, value = _isolated(con, fn)
+    return value if not ok else RuntimeError("operation failed in a batch and succeeded alone")
+
+
 class LocalLake:
     """A DuckDB lake file; safe to share between coroutines of one process."""
 
@@ -79,6 +122,8 @@ class LocalLake:
         self._con = duckdb.connect(str(self.path), read_only=read_only)
         self._con.execute("SET TimeZone='UTC'")
         self._lock = threading.Lock()
+        self._pending: list[tuple[Callable[[duckdb.DuckDBPyConnection], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         if not read_only:
             for table in TABLES:
                 self._con.execute(duckdb_ddl(table))
@@ -98,46 +143,59 @@ class LocalLake:
             yield self._con
 
     async def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
-        """Run *fn* with the connection in a worker thread, one caller at a time."""
+        """Run *fn* inside a transaction in a worker thread; return once it is committed.
 
-        def call() -> T:
-            with self._lock:
-                return fn(self._con)
+        *fn* must not manage transactions itself. Operations submitted together share a
+        commit; if one raises, the others are re-run in transactions of their own so one
+        bad operation never takes its neighbours down with it.
+        """
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((fn, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await future
 
-        return await asyncio.to_thread(call)
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            outcomes = await asyncio.to_thread(self._commit, [fn for fn, _ in batch])
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _commit(self, fns: list[Callable[[duckdb.DuckDBPyConnection], Any]]) -> list[tuple[bool, Any]]:
+        with self._lock:
+            con = self._con
+            try:
+                con.execute("BEGIN TRANSACTION")
+                results = [(True, fn(con)) for fn in fns]
+                con.execute("COMMIT")
+                return results
+            except Exception:
+                con.execute("ROLLBACK")
+                if len(fns) == 1:
+                    return [(False, _one(con, fns[0]))]
+            return [_isolated(con, fn) for fn in fns]
 
     # -- Sink ---------------------------------------------------------------------------
 
     def write_tables(self, tables: Mapping[str, Sequence[Mapping[str, Any]]]) -> WriteResult:
         """Insert every table's rows in one transaction; rows whose key exists are skipped."""
-        inserted = duplicates = 0
         with self._lock:
-            self._con.execute("BEGIN TRANSACTION")
-            try:
-                for name, rows in tables.items():
-                    if not rows:
-                        continue
-                    table = TABLES_BY_NAME[name]
-                    batch = to_arrow(table, rows)
-                    self._con.register("_batch", batch)
-                    try:
-                        result = self._con.execute(f'INSERT OR IGNORE INTO "{name}" SELECT * FROM _batch')
-                        row = result.fetchone()
-                    finally:
-                        self._con.unregister("_batch")
-                    count = int(row[0]) if row else 0
-                    inserted += count
-                    duplicates += len(rows) - count
-                self._con.execute("COMMIT")
-            except BaseException:
-                self._con.execute("ROLLBACK")
-                raise
-        return WriteResult(inserted=inserted, duplicates=duplicates)
+            ok, value = _isolated(self._con, lambda con: insert_tables(con, tables))
+        if not ok:
+            raise value
+        assert isinstance(value, WriteResult)
+        return value
 
     async def write_blob(
         self, blob: ContentBlob, tables: Mapping[str, Sequence[Mapping[str, Any]]]
     ) -> WriteResult:
-        return await asyncio.to_thread(self.write_tables, tables)
+        return await self.run(lambda con: insert_tables(con, tables))
 
     # -- lake metadata ------------------------------------------------------------------
 

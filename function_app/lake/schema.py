@@ -77,7 +77,7 @@ AUDIT_RECORD = Table(
         _c("ContentType", S, "content type of the blob"),
         _c("ContentId", S, "contentId of the blob the record came in (the first one kept)"),
         _c("ContentCreated", T, "when the blob became available at Microsoft"),
-        _c("RecordType", N, "RecordType as a number (ints and numeric strings accepted)"),
+        _c("RecordType", N, "RecordType as a number (ints and numeric strings accepted; -2147483648 when missing)"),
         _c("RecordTypeName", S, "AuditLogRecordType member name from the schema's enum"),
         _c("Operation", S, "Operation as delivered"),
         _c("Workload", S, "Workload as delivered"),
