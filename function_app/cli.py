@@ -107,13 +107,17 @@ def print_result(columns: list[str], types: list[str], rows: list[tuple[Any, ...
     table = Table(show_lines=False)
     for c in columns:
         table.add_column(c, overflow="fold")
+    widths = [len(c) for c in columns]
     for row in rows:
         cells = []
-        for t, v in zip(types, row, strict=True):
+        for i, (t, v) in enumerate(zip(types, row, strict=True)):
             text = _text(_jsonable(v, t))
-            cells.append(text if len(text) <= width else text[: width - 1] + "…")
+            cell = text if len(text) <= width else text[: width - 1] + "…"
+            widths[i] = max(widths[i], len(cell))
+            cells.append(cell)
         table.add_row(*cells)
-    Console(file=out, width=max(120, len(columns) * 24)).print(table)
+    # As wide as the cells need, so values (addresses, UPNs) are not folded mid-word.
+    Console(file=out, width=max(80, sum(widths) + 3 * len(widths) + 1)).print(table)
 
 
 def _text(value: Any) -> str:
@@ -401,8 +405,9 @@ async def _demo(args: argparse.Namespace, lake_path: Path) -> int:
                                        progress=Progress(view.listed, view.settled))
             pages = sum(r.pages for r in report.runs)
             throttled = sum(r.throttled for r in report.runs)
-            print(f"Listed {sum(r.blobs_listed for r in report.runs)} blobs on {pages} pages "
-                  f"({throttled} throttled answers retried); settled {len(report.outcomes)} blobs.")
+            print(f"Listed {sum(r.blobs_listed for r in report.runs)} blob entries on {pages} pages, "
+                  f"{sum(r.blobs_new for r in report.runs)} of them new (the overlap and the sweep re-list); "
+                  f"{throttled} throttled answers retried; settled {len(report.outcomes)} blobs.")
             print_summary(lake.connection, started)
             for title, kql in DEMO_INVESTIGATIONS:
                 print(f"\n== {title}\n{kql}\n")
@@ -416,6 +421,9 @@ async def _demo(args: argparse.Namespace, lake_path: Path) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        # The summary names every failed or expired blob; keep the log to what goes wrong.
+        logging.getLogger().setLevel(logging.ERROR)
     lake_path = Path(args.lake)
     _prepare_demo_lake(lake_path)
     return asyncio.run(_demo(args, lake_path))
