@@ -429,6 +429,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(_demo(args, lake_path))
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from function_app.replay import replay
+
+    settings = _settings(args)
+    try:
+        summary = asyncio.run(replay(
+            lake=None if args.azure else args.lake, azure=args.azure, settings=settings,
+            tenant_id=args.tenant_id, content_ids=args.content_id or (), from_deadletter=args.from_deadletter,
+            dry_run=args.dry_run,
+        ))
+    except ValueError as exc:
+        print(f"auditlake: usage: {exc}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        sys.stdout.write(orjson.dumps(summary.to_json(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        rows = [(i.tenant_id, i.content_type, i.content_id, i.action, i.detail or "") for i in summary.items]
+        print_result(["TenantId", "ContentType", "ContentId", "Action", "Detail"], ["VARCHAR"] * 5, rows, "table")
+    if not summary.ok:
+        counts = summary.counts()
+        raise CliError(f"{counts.get('failed', 0)} failed again, {counts.get('expired', 0)} expired")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------
 
 
@@ -457,6 +481,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, help="blobs fetched at once")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("replay", help="re-drive failed blobs that have not expired")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--lake", default=DEFAULT_LAKE, help="local lake (default)")
+    target.add_argument("--azure", action="store_true",
+                        help="the deployed app: Table Storage ledger, content queue, dead-letter container")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--cloud", choices=["Enterprise", "GCC", "GCCHigh", "DoD"])
+    where.add_argument("--api-root")
+    p.add_argument("--tenant-id", type=_guid)
+    p.add_argument("--content-id", action="append", help="only these blobs (repeatable)")
+    p.add_argument("--from-deadletter", action="store_true",
+                   help="re-ingest from the raw copy kept in the dead-letter container (with --azure)")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_replay, publisher_id=None, concurrency=None)
 
     p = sub.add_parser("query", help="run KQL on the lake")
     p.add_argument("--lake", default=DEFAULT_LAKE)

@@ -6,6 +6,7 @@ The CLI overrides some of these with flags; the Functions app reads them from ap
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -137,3 +138,274 @@ class Settings:
             http_timeout=_number(env, "AUDITLAKE_HTTP_TIMEOUT_SECONDS", 120, minimum=1),
             concurrency=int(_number(env, "AUDITLAKE_CONCURRENCY", 8, minimum=1)),
         )
+
+
+# -- Azure Functions settings -------------------------------------------------------------
+#
+# Read only by the Functions app (and `auditlake replay --azure`). Names that appear as
+# ``%NAME%`` in a trigger binding are resolved by the Functions host itself, so they must be
+# real app settings; the defaults below only apply to the Python side.
+
+STORAGE_SETTING = "AzureWebJobsStorage"
+CONTENT_QUEUE_SETTING = "CONTENT_QUEUE"
+COLLECT_SCHEDULE_SETTING = "COLLECT_SCHEDULE"
+
+DEFAULT_CONTENT_QUEUE = "content"
+DEFAULT_COLLECT_SCHEDULE = "0 */2 * * * *"
+DEFAULT_STATE_TABLE_PREFIX = "AuditLake"
+DEFAULT_DEADLETTER_CONTAINER = "deadletter"
+POISON_SUFFIX = "-poison"
+
+# Every app setting the Azure side reads, for the contract tests (bindings, infra/).
+AZURE_SETTING_NAMES: frozenset[str] = frozenset({
+    STORAGE_SETTING,
+    f"{STORAGE_SETTING}__accountName",
+    f"{STORAGE_SETTING}__queueServiceUri",
+    f"{STORAGE_SETTING}__blobServiceUri",
+    f"{STORAGE_SETTING}__tableServiceUri",
+    f"{STORAGE_SETTING}__credential",
+    f"{STORAGE_SETTING}__clientId",
+    CONTENT_QUEUE_SETTING,
+    COLLECT_SCHEDULE_SETTING,
+    "ADX_INGEST_URI",
+    "ADX_ENGINE_URI",
+    "ADX_DATABASE",
+    "ADX_STREAMING",
+    "ADX_CLIENT_ID",
+    "STATE_TABLE_PREFIX",
+    "DEADLETTER_CONTAINER",
+    "AUDITLAKE_REQUEUE_AFTER_MINUTES",
+    "AUDITLAKE_CLAIM_LEASE_MINUTES",
+})
+
+_QUEUE_OR_CONTAINER = re.compile(r"^[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}$")
+_TABLE_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,51}$")
+_ADX_DATABASE = re.compile(r"^[A-Za-z0-9_ .\-]{1,260}$")
+_NCRONTAB_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?]+$")
+_TRUE_WORDS = {"1", "true", "yes", "on"}
+_FALSE_WORDS = {"0", "false", "no", "off", ""}
+
+
+def _text(env: Mapping[str, str], name: str) -> str:
+    return env.get(name, "").strip()
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    word = raw.strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise SettingsError(f"{name}: expected true or false, got {raw!r}")
+
+
+def _http_url(env: Mapping[str, str], name: str, *, https_only: bool) -> str | None:
+    value = _text(env, name)
+    if not value:
+        return None
+    pattern = r"^https://[^/\s]+" if https_only else r"^https?://[^/\s]+"
+    if not re.match(pattern, value):
+        kind = "an https" if https_only else "an http(s)"
+        raise SettingsError(f"{name}: not {kind} URL: {value!r}")
+    return value.rstrip("/")
+
+
+def check_ncrontab(value: str, setting: str = COLLECT_SCHEDULE_SETTING) -> str:
+    """*value* if it is a six-field NCRONTAB expression (seconds first), else SettingsError."""
+    fields = value.split()
+    if len(fields) != 6:
+        raise SettingsError(
+            f"{setting}: expected an NCRONTAB expression with six fields "
+            f"(second minute hour day month day-of-week), got {value!r}"
+        )
+    for item in fields:
+        if not _NCRONTAB_FIELD.match(item):
+            raise SettingsError(f"{setting}: field {item!r} of {value!r} is not NCRONTAB")
+    return " ".join(fields)
+
+
+def _queue_or_container(env: Mapping[str, str], name: str, default: str, *, reserve: int = 0) -> str:
+    value = _text(env, name) or default
+    # Storage rules: 3-63 lower-case letters, digits and single inner hyphens.
+    if not _QUEUE_OR_CONTAINER.match(value) or len(value) + reserve > 63:
+        extra = f" and at most {63 - reserve} characters (the host appends {POISON_SUFFIX!r})" if reserve else ""
+        raise SettingsError(
+            f"{name}: {value!r} is not a valid name: 3-63 lower-case letters, digits and single hyphens, "
+            f"starting and ending with a letter or digit{extra}"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class StorageConnection:
+    """How to reach the app's storage account: a connection string (Azurite, local runs) or,
+    in Azure, service URIs and a managed identity (``AzureWebJobsStorage__*``, no keys)."""
+
+    connection_string: str | None = None
+    queue_service_uri: str | None = None
+    blob_service_uri: str | None = None
+    table_service_uri: str | None = None
+    client_id: str | None = None
+    managed_identity: bool = False
+
+    @property
+    def identity_based(self) -> bool:
+        return self.connection_string is None
+
+    def __repr__(self) -> str:
+        # A connection string carries the account key: never print it.
+        if self.connection_string is not None:
+            return "StorageConnection(connection_string=<redacted>)"
+        return (f"StorageConnection(queue={self.queue_service_uri}, blob={self.blob_service_uri}, "
+                f"table={self.table_service_uri}, client_id={self.client_id}, "
+                f"managed_identity={self.managed_identity})")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], prefix: str = STORAGE_SETTING) -> StorageConnection:
+        """The connection named *prefix*, the way the Functions host reads it; SettingsError if absent."""
+        conn = _text(env, prefix)
+        if conn:
+            parts = dict(p.split("=", 1) for p in conn.split(";") if "=" in p)
+            if not parts:
+                raise SettingsError(f"{prefix}: not a storage connection string")
+            return cls(connection_string=conn)
+        account = _text(env, f"{prefix}__accountName")
+        uris: dict[str, str | None] = {}
+        for service in ("queue", "blob", "table"):
+            setting = f"{prefix}__{service}ServiceUri"
+            uri = _http_url(env, setting, https_only=False)
+            if uri is None and account:
+                uri = f"https://{account}.{service}.core.windows.net"
+            if uri is None:
+                raise SettingsError(
+                    f"{setting}: required for an identity-based connection (or set {prefix} to a "
+                    f"connection string, or {prefix}__accountName)"
+                )
+            uris[service] = uri
+        credential = _text(env, f"{prefix}__credential").lower()
+        if credential not in ("", "managedidentity"):
+            raise SettingsError(f"{prefix}__credential: only 'managedidentity' is supported, got {credential!r}")
+        client_id = _text(env, f"{prefix}__clientId") or None
+        if client_id is not None and not is_guid(client_id):
+            raise SettingsError(f"{prefix}__clientId: not a GUID: {client_id!r}")
+        return cls(queue_service_uri=uris["queue"], blob_service_uri=uris["blob"], table_service_uri=uris["table"],
+                   client_id=client_id, managed_identity=credential == "managedidentity")
+
+
+@dataclass(frozen=True, slots=True)
+class AzureSettings:
+    """What the Functions app needs beyond ``Settings``: storage, queue, schedule, ADX, state."""
+
+    storage: StorageConnection
+    adx_ingest_uri: str
+    adx_database: str
+    content_queue: str = DEFAULT_CONTENT_QUEUE
+    collect_schedule: str = DEFAULT_COLLECT_SCHEDULE
+    adx_streaming: bool = False
+    adx_engine_uri: str | None = None
+    adx_client_id: str | None = None
+    state_table_prefix: str = DEFAULT_STATE_TABLE_PREFIX
+    deadletter_container: str = DEFAULT_DEADLETTER_CONTAINER
+    requeue_after: timedelta = timedelta(minutes=60)
+    claim_lease: timedelta = timedelta(minutes=11)
+
+    @property
+    def poison_queue(self) -> str:
+        """The queue the Functions host moves a message to after maxDequeueCount failures."""
+        return self.content_queue + POISON_SUFFIX
+
+    @property
+    def checkpoints_table(self) -> str:
+        return f"{self.state_table_prefix}Checkpoints"
+
+    @property
+    def ledger_table(self) -> str:
+        return f"{self.state_table_prefix}Ledger"
+
+    @property
+    def runs_table(self) -> str:
+        return f"{self.state_table_prefix}Runs"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AzureSettings:
+        """Validate and read every Azure setting; SettingsError names the first bad one."""
+        storage = StorageConnection.from_env(env)
+        ingest = _http_url(env, "ADX_INGEST_URI", https_only=False)
+        if ingest is None:
+            raise SettingsError("ADX_INGEST_URI: required (the cluster's data-management URI, "
+                                "https://ingest-<cluster>.<region>.kusto.windows.net)")
+        database = _text(env, "ADX_DATABASE")
+        if not database:
+            raise SettingsError("ADX_DATABASE: required")
+        if not _ADX_DATABASE.match(database):
+            raise SettingsError(f"ADX_DATABASE: not a database name: {database!r}")
+        adx_client_id = _text(env, "ADX_CLIENT_ID") or None
+        if adx_client_id is not None and not is_guid(adx_client_id):
+            raise SettingsError(f"ADX_CLIENT_ID: not a GUID: {adx_client_id!r}")
+        prefix = _text(env, "STATE_TABLE_PREFIX") or DEFAULT_STATE_TABLE_PREFIX
+        if not _TABLE_PREFIX.match(prefix):
+            raise SettingsError(f"STATE_TABLE_PREFIX: {prefix!r} must be a letter then up to 51 letters or digits "
+                                "(table names are the prefix plus Checkpoints, Ledger, Runs)")
+        requeue = _number(env, "AUDITLAKE_REQUEUE_AFTER_MINUTES", 60)
+        lease = _number(env, "AUDITLAKE_CLAIM_LEASE_MINUTES", 11)
+        if requeue <= 0:
+            raise SettingsError("AUDITLAKE_REQUEUE_AFTER_MINUTES: must be more than 0")
+        if lease <= 0:
+            raise SettingsError("AUDITLAKE_CLAIM_LEASE_MINUTES: must be more than 0")
+        return cls(
+            storage=storage,
+            adx_ingest_uri=ingest,
+            adx_database=database,
+            content_queue=_queue_or_container(env, CONTENT_QUEUE_SETTING, DEFAULT_CONTENT_QUEUE,
+                                              reserve=len(POISON_SUFFIX)),
+            collect_schedule=check_ncrontab(_text(env, COLLECT_SCHEDULE_SETTING) or DEFAULT_COLLECT_SCHEDULE),
+            adx_streaming=_flag(env, "ADX_STREAMING", False),
+            adx_engine_uri=_http_url(env, "ADX_ENGINE_URI", https_only=False),
+            adx_client_id=adx_client_id,
+            state_table_prefix=prefix,
+            deadletter_container=_queue_or_container(env, "DEADLETTER_CONTAINER", DEFAULT_DEADLETTER_CONTAINER),
+            requeue_after=timedelta(minutes=requeue),
+            claim_lease=timedelta(minutes=lease),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AppSettings:
+    """Everything the Functions app reads: the collector's settings and the Azure ones."""
+
+    core: Settings
+    azure: AzureSettings
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> AppSettings:
+        """Both parts, validated; the Functions app also needs at least one tenant."""
+        core = Settings.from_env(env)
+        if not core.tenants:
+            raise SettingsError("AUDITLAKE_TENANTS: no tenant configured (a comma list of tenant GUIDs, or JSON)")
+        return cls(core, AzureSettings.from_env(env))
+
+
+_app_settings: AppSettings | None = None
+
+
+def app_settings(env: Mapping[str, str] | None = None) -> AppSettings:
+    """The Functions app's settings, read from the process environment once and cached.
+
+    With *env*, reads that mapping instead and caches nothing. Raises SettingsError naming
+    the first bad setting (and keeps raising it on every call until the setting is fixed).
+    """
+    global _app_settings
+    if env is not None:
+        return AppSettings.from_env(env)
+    if _app_settings is None:
+        _app_settings = AppSettings.from_env(os.environ)
+    return _app_settings
+
+
+def reset_app_settings() -> None:
+    """Forget the cached settings (tests that change the environment)."""
+    global _app_settings
+    _app_settings = None

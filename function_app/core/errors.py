@@ -46,8 +46,23 @@ class PermanentApiError(ApiError):
 
 
 class MalformedContentError(Exception):
-    """A blob body that is not a JSON array of objects (cut off, corrupt, wrong shape)."""
+    """A blob body that is not a JSON array of objects (cut off, corrupt, wrong shape).
+
+    ``body`` holds the raw bytes received, when there are any worth keeping, so the
+    Azure side can store them in the dead-letter container for a later replay.
+    """
+
+    def __init__(self, message: str, *, body: bytes | None = None) -> None:
+        super().__init__(message)
+        self.body = body
 
 
 class UntrustedMessageError(Exception):
-    """A queue message or content URI that fails validation; it is dead-lettered, never fetched."""
+    """A queue message or content URI that fails validation; it is dead-lettered, never fetched.
+
+    ``field`` names the message field at fault, when one is.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from function_app.core.model import (
@@ -77,4 +77,52 @@ class Sink(Protocol):
 
     async def write_blob(self, blob: ContentBlob, tables: Mapping[str, Sequence[Mapping[str, Any]]]) -> WriteResult:
         """Write the rows of one blob, table by table; re-writing the same rows adds nothing."""
+        ...
+
+
+class ClaimingStateStore(StateStore, Protocol):
+    """A state store shared by many instances (Azure Table Storage): adds claims and reads."""
+
+    async def claim(self, blob: ContentBlob, owner: str, lease: timedelta, now: datetime) -> bool:
+        """True if *owner* now holds the right to process *blob* until ``now + lease``."""
+        ...
+
+    async def release(self, blob: ContentBlob, owner: str) -> None:
+        """Drop *owner*'s claim on *blob*, if it still holds one."""
+        ...
+
+    async def ledger_row(self, blob: ContentBlob) -> dict[str, Any] | None:
+        """The ledger row's properties (Status, Error, Attempts, ListedAt, FetchedAt, ClaimUntil...)."""
+        ...
+
+    async def failed(self, tenant_id: str | None = None) -> list[ContentBlob]:
+        """Blobs whose last attempt failed."""
+        ...
+
+
+class ContentQueue(Protocol):
+    """The hand-off between the timer and the blob workers in Azure (a Storage queue)."""
+
+    async def enqueue(self, blobs: Sequence[ContentBlob]) -> None:
+        """Send one message per blob; returns once every message is accepted."""
+        ...
+
+
+class DeadLetterStore(Protocol):
+    """Where raw content and messages that could not be processed are kept for replay."""
+
+    async def put_content(self, blob: ContentBlob, raw: bytes, reason: str) -> str:
+        """Keep *blob*'s raw content (replacing an earlier copy); returns where it is."""
+        ...
+
+    async def get_content(self, blob: ContentBlob) -> bytes | None:
+        """The kept raw content of *blob*, or None."""
+        ...
+
+    async def content_location(self, blob: ContentBlob) -> str | None:
+        """Where *blob*'s raw content is kept, or None if it is not."""
+        ...
+
+    async def put_message(self, raw: bytes, reason: str, *, message_id: str | None) -> str:
+        """Keep a raw queue message; returns where it is."""
         ...

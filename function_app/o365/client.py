@@ -282,11 +282,11 @@ class ManagementApiClient:
             parsed: Any = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise IncompleteContentError(
-                f"content body of {len(body)} bytes is not valid JSON (cut off or corrupt): {exc}"
+                f"content body of {len(body)} bytes is not valid JSON (cut off or corrupt): {exc}", body=body
             ) from exc
         if not isinstance(parsed, list):
             raise MalformedContentError(
-                f"content body of {len(body)} bytes is a JSON {type(parsed).__name__}, not an array"
+                f"content body of {len(body)} bytes is a JSON {type(parsed).__name__}, not an array", body=body
             )
         return FetchedContent(parsed, len(body))
 
@@ -305,7 +305,9 @@ class ManagementApiClient:
                         f"blob of at least {len(buffer)} bytes exceeds the limit of {limit} bytes"
                     )
         except aiohttp.ClientPayloadError as exc:
-            raise IncompleteContentError(f"content body cut off after {len(buffer)} bytes: {exc}") from exc
+            raise IncompleteContentError(
+                f"content body cut off after {len(buffer)} bytes: {exc}", body=bytes(buffer)
+            ) from exc
         return bytes(buffer)
 
     # -- plumbing ----------------------------------------------------------------------------------

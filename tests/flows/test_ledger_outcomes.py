@@ -89,3 +89,22 @@ def test_bad_setting_is_named(tmp_path: Path) -> None:
     proc = subprocess.run([AUDITLAKE, "collect", "--once", "--tenant-id", TENANT, "--lake",
                            str(tmp_path / "x.duckdb")], env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "AUDITLAKE_OVERLAP_MINUTES" in proc.stderr
+
+
+def test_replay_redrives_failed_blobs_and_says_when_they_fail_again(emulator_factory: Any, tmp_path: Path) -> None:
+    emu = emulator_factory("--tenant-id", TENANT, "--faults", "cutoff=1", "--days", "1", "--scenario", "quiet",
+                           "--records-per-day", "300")
+    lake = str(tmp_path / "l.duckdb")
+    base = ["--tenant-id", TENANT, "--api-root", emu.api_root, "--lake", lake]
+    collected = subprocess.run([AUDITLAKE, "collect", "--once", "--quiet", *base], env=collect_env(), cwd=REPO,
+                               capture_output=True, text=True, timeout=300)
+    assert collected.returncode == 1 and "1 blob(s) failed" in collected.stderr
+    planned = subprocess.run([AUDITLAKE, "replay", "--dry-run", "--format", "json", *base], env=collect_env(),
+                             cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert planned.returncode == 0, planned.stderr
+    assert '"planned": 1' in planned.stdout
+    # The emulator still cuts that blob off: replay tries it, and says it failed again.
+    again = subprocess.run([AUDITLAKE, "replay", *base], env=collect_env(), cwd=REPO, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 1
+    assert again.stderr.strip().splitlines()[-1] == "auditlake: error: 1 failed again, 0 expired"

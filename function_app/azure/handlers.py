@@ -1,0 +1,407 @@
+"""What each Azure trigger does, behind the ports: plan and enqueue, process one message,
+record a dead letter.
+
+The triggers only decode their binding and call one of ``collect_feeds``, ``handle_message``
+or ``handle_poison`` with the cached ``Runtime``. Delivery is at-least-once everywhere, so:
+
+* a message is untrusted until ``decode_message`` and ``check_content_uri`` accept it;
+* a blob is processed only under a ledger claim, and a settled blob is never processed
+  again, so a message delivered twice (or listed twice) writes once;
+* a failure that a retry may fix (throttling that outlived the client's retries, a body cut
+  off in transit, ADX or Storage errors) leaves the row ``queued`` with the error and raises,
+  so the queue redelivers; after ``maxDequeueCount`` the host moves the message to the
+  poison queue, whose trigger settles the row ``failed`` with the reason;
+* a failure a retry cannot fix (a malformed message, a foreign ``contentUri``, a blob that
+  is not a JSON array, a permanent API error) is settled ``failed`` at once and not retried.
+
+Unusable raw content is kept in the dead-letter container either way, so it can be replayed
+after the API's copy expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import orjson
+
+from function_app.config import AzureSettings, Settings
+from function_app.core.collector import Planner, PlanRequest
+from function_app.core.errors import MalformedContentError, UntrustedMessageError
+from function_app.core.messages import check_content_uri, decode_message, message_identity
+from function_app.core.model import TERMINAL_STATUSES, BlobStatus, ContentBlob, FetchedContent, RunStats, utc
+from function_app.core.ports import ActivityApi, ClaimingStateStore, ContentQueue, DeadLetterStore, Sink
+from function_app.core.process import RowBuilder, process_blob
+from function_app.core.windows import PlanningRules
+from function_app.o365.retry import is_transient
+from function_app.state.table import CheckpointConflictError
+
+log = logging.getLogger(__name__)
+
+# Re-enqueued per feed and timer run at most: a backlog is drained over a few runs rather
+# than flooding the queue with duplicates of messages that may merely be waiting.
+REQUEUE_LIMIT = 500
+_TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
+
+
+@dataclass(frozen=True, slots=True)
+class TenantApi:
+    """The Management API client that serves one tenant, its API root, and its throttle count."""
+
+    api: ActivityApi
+    api_root: str
+    throttled: Callable[[], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Everything the handlers use; built once per process (see ``deps.runtime``)."""
+
+    settings: Settings
+    azure: AzureSettings
+    state: ClaimingStateStore
+    queue: ContentQueue
+    deadletter: DeadLetterStore
+    sink: Sink
+    apis: Mapping[str, TenantApi]
+    build_rows: RowBuilder
+    clock: Callable[[], datetime]
+    instance: str
+
+    def api_for(self, tenant_id: str) -> TenantApi:
+        """The client of a configured tenant; UntrustedMessageError for any other tenant."""
+        found = self.apis.get(tenant_id.lower())
+        if found is None:
+            raise UntrustedMessageError("tenantId: not a monitored tenant", field="tenantId")
+        return found
+
+    @property
+    def rules(self) -> PlanningRules:
+        s = self.settings
+        return PlanningRules(overlap=s.overlap, safety_lag=s.safety_lag, sweep_every=s.sweep_every)
+
+
+# -- timer: plan and enqueue ------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class FeedResult:
+    """What one timer run did for one tenant and content type."""
+
+    tenant_id: str
+    content_type: str
+    run: RunStats | None = None
+    requeued: int = 0
+    conflict: bool = False
+    error: str | None = None
+
+
+async def requeue_stale(rt: Runtime, tenant_id: str, content_type: str) -> int:
+    """Re-enqueue blobs left ``listed`` or ``queued`` without progress for ``requeue_after``
+    (their message was lost, or expired in the queue); returns how many were re-enqueued.
+
+    Progress is the latest of ListedAt, FetchedAt (every attempt) and a claim's end; a blob
+    under a live claim is being processed and is left alone. Each re-enqueue is written to
+    the row (FetchedAt, Error), so the same blob is re-enqueued at most once per period.
+    """
+    now = utc(rt.clock())
+    stale: list[tuple[ContentBlob, str | None, datetime]] = []
+    for blob in await rt.state.pending(tenant_id, content_type):
+        row = await rt.state.ledger_row(blob)
+        if row is None:
+            continue
+        claim_until = row.get("ClaimUntil")
+        if isinstance(claim_until, datetime) and utc(claim_until) > now:
+            continue
+        moments = [utc(v) for k in ("ListedAt", "FetchedAt", "ClaimUntil") if isinstance(v := row.get(k), datetime)]
+        last = max(moments) if moments else now
+        if now - last >= rt.azure.requeue_after:
+            error = row.get("Error")
+            stale.append((blob, error if isinstance(error, str) else None, last))
+        if len(stale) >= REQUEUE_LIMIT:
+            break
+    if not stale:
+        return 0
+    await rt.queue.enqueue([b for b, _, _ in stale])
+    for blob, error, last in stale:
+        note = f"re-enqueued by the timer: no progress since {last.isoformat()}"
+        if error and not error.startswith("re-enqueued"):
+            note += f"; last error: {error}"
+        await rt.state.mark(blob, BlobStatus.QUEUED, at=now, error=note)
+    log.warning("re-enqueued stale blobs tenant_id=%s content_type=%s blobs=%d", tenant_id, content_type, len(stale))
+    return len(stale)
+
+
+async def collect_feed(rt: Runtime, tenant_id: str, content_type: str) -> FeedResult:
+    """Re-enqueue stale blobs, then list from the checkpoint and enqueue one message per new blob.
+
+    A checkpoint moved by another instance meanwhile is not an error: that instance owns
+    this pass, and the blobs this one enqueued are de-duplicated by the ledger.
+    """
+    result = FeedResult(tenant_id, content_type)
+    result.requeued = await requeue_stale(rt, tenant_id, content_type)
+    tenant = rt.api_for(tenant_id)
+    planner = Planner(tenant.api, rt.state, rt.queue.enqueue, rt.clock, rt.rules, tenant.throttled)
+    try:
+        result.run = await planner.run(PlanRequest(tenant_id, content_type))
+    except CheckpointConflictError:
+        log.info("checkpoint moved by another instance; skipping this pass tenant_id=%s content_type=%s",
+                 tenant_id, content_type)
+        result.conflict = True
+    return result
+
+
+async def collect_feeds(rt: Runtime) -> list[FeedResult]:
+    """One timer run: ``collect_feed`` for every configured tenant and content type, concurrently.
+
+    API errors end up in each feed's CollectorRun row (the planner never raises for them); an
+    unexpected failure of one feed (Storage unreachable) does not stop the others, and is
+    raised once all have finished so the run shows as failed.
+    """
+    feeds = [(t.tenant_id, ct) for t in rt.settings.tenants for ct in t.content_types]
+    outcomes = await asyncio.gather(*(collect_feed(rt, t, ct) for t, ct in feeds), return_exceptions=True)
+    results: list[FeedResult] = []
+    first_error: BaseException | None = None
+    for (tenant_id, content_type), outcome in zip(feeds, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            log.error("feed failed tenant_id=%s content_type=%s error=%s: %s", tenant_id, content_type,
+                      type(outcome).__name__, outcome, exc_info=outcome)
+            results.append(FeedResult(tenant_id, content_type, error=f"{type(outcome).__name__}: {outcome}"))
+            first_error = first_error or outcome
+        else:
+            results.append(outcome)
+    new = sum(r.run.blobs_new for r in results if r.run)
+    log.info("timer run done feeds=%d new_blobs=%d requeued=%d conflicts=%d failed=%d", len(results), new,
+             sum(r.requeued for r in results), sum(r.conflict for r in results), sum(bool(r.error) for r in results))
+    if first_error is not None:
+        raise first_error
+    return results
+
+
+# -- queue: one message, one blob ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MessageOutcome:
+    """What became of one delivery: ``processed`` (with the blob's status), ``skipped``
+    (settled already, or claimed by another instance), or ``rejected`` (untrusted)."""
+
+    action: str
+    blob: ContentBlob | None = None
+    status: BlobStatus | None = None
+    reason: str | None = None
+
+
+class RetryLaterError(Exception):
+    """A delivery failed in a way a later attempt may fix; raised so the queue redelivers."""
+
+
+class _TransientFetchError(Exception):
+    # Deliberately not an ApiError or MalformedContentError: process_blob would settle those
+    # as failed, and these should go back to the queue instead.
+    def __init__(self, cause: BaseException, body: bytes | None) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.body = body
+
+
+class _Attempt:
+    """The ActivityApi for one delivery: remembers what the fetch returned or why it failed,
+    and turns transient failures into ``_TransientFetchError``."""
+
+    def __init__(self, api: ActivityApi) -> None:
+        self._api = api
+        self.fetched: FetchedContent | None = None
+        self.bad_body: bytes | None = None
+
+    async def start_subscription(self, tenant_id: str, content_type: str) -> None:
+        await self._api.start_subscription(tenant_id, content_type)
+
+    def list_content(
+        self, tenant_id: str, content_type: str, start: datetime, end: datetime
+    ) -> AsyncIterator[list[ContentBlob]]:
+        return self._api.list_content(tenant_id, content_type, start, end)
+
+    async def fetch_content(self, tenant_id: str, content_uri: str) -> FetchedContent:
+        try:
+            self.fetched = await self._api.fetch_content(tenant_id, content_uri)
+        except MalformedContentError as exc:
+            self.bad_body = exc.body
+            if is_transient(exc):
+                raise _TransientFetchError(exc, exc.body) from exc
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise _TransientFetchError(exc, None) from exc
+            raise
+        return self.fetched
+
+
+def _ctx(blob: ContentBlob) -> tuple[str, str, str]:
+    return blob.tenant_id, blob.content_type, blob.content_id
+
+
+def _trusted(rt: Runtime, blob: ContentBlob) -> None:
+    """Raise UntrustedMessageError unless *blob* is of a monitored tenant and content type and
+    its URI is that tenant's feed on the configured API host."""
+    tenant = rt.api_for(blob.tenant_id)
+    configured = next((t for t in rt.settings.tenants if t.tenant_id == blob.tenant_id), None)
+    if configured is not None and blob.content_type not in configured.content_types:
+        raise UntrustedMessageError("contentType: not collected for this tenant", field="contentType")
+    try:
+        check_content_uri(blob.content_uri, tenant.api_root, blob.tenant_id)
+    except UntrustedMessageError as exc:
+        text = str(exc)
+        if not text.startswith("contentUri"):
+            text = f"contentUri: {text}"
+        raise UntrustedMessageError(text, field="contentUri") from None
+
+
+async def _reject(rt: Runtime, body: bytes, blob: ContentBlob | None, exc: UntrustedMessageError,
+                  *, message_id: str | None) -> MessageOutcome:
+    """Log a rejected message, keep it, and settle the blob it names as failed, unless the
+    ledger already knows that blob from a listing (then the message, not the blob, is bad)."""
+    reason = f"UntrustedMessageError: {exc}"
+    location = await rt.deadletter.put_message(body, reason, message_id=message_id)
+    if blob is None:
+        log.error("message rejected message_id=%s reason=%s kept=%s (it names no blob)", message_id, exc, location)
+        return MessageOutcome("rejected", None, None, reason)
+    log.error("message rejected tenant_id=%s content_type=%s content_id=%s message_id=%s reason=%s kept=%s",
+              *_ctx(blob), message_id, exc, location)
+    row = await rt.state.ledger_row(blob)
+    unsettled_same_uri = (row is not None and row.get("Status") not in _TERMINAL
+                          and row.get("ContentUri") == blob.content_uri)
+    if row is None or unsettled_same_uri:
+        await rt.state.mark(blob, BlobStatus.FAILED, at=utc(rt.clock()), error=f"{reason} (message kept at {location})")
+        return MessageOutcome("rejected", blob, BlobStatus.FAILED, reason)
+    log.warning("ledger row left as it is tenant_id=%s content_type=%s content_id=%s status=%s "
+                "(the message disagrees with the listing)", *_ctx(blob), row.get("Status"))
+    return MessageOutcome("rejected", blob, None, reason)
+
+
+def _named_blob(rt: Runtime, body: bytes) -> ContentBlob | None:
+    """A placeholder for the blob a message that failed validation names, to record the failure on."""
+    identity = message_identity(body)
+    if identity is None or identity[0] not in rt.apis:
+        return None
+    now = utc(rt.clock())
+    try:
+        raw_uri = orjson.loads(body).get("contentUri")
+    except (orjson.JSONDecodeError, AttributeError):
+        raw_uri = None
+    uri = raw_uri[:2048] if isinstance(raw_uri, str) else ""
+    return ContentBlob(*identity, uri, now, now + timedelta(days=7))
+
+
+async def handle_message(
+    rt: Runtime, body: bytes, *, dequeue_count: int, message_id: str | None = None
+) -> MessageOutcome:
+    """Process the blob one content-queue message names, at most once per blob.
+
+    Returns normally when the message is done with (processed, skipped, or rejected: a
+    malformed message is never retried, since retrying cannot fix it). Raises
+    RetryLaterError, with the error recorded on the ledger row (status ``queued``), when a
+    later delivery may succeed; any Storage failure propagates as it is, for the same reason.
+    """
+    try:
+        blob = decode_message(body)
+    except UntrustedMessageError as exc:
+        return await _reject(rt, body, _named_blob(rt, body), exc, message_id=message_id)
+    try:
+        _trusted(rt, blob)
+    except UntrustedMessageError as exc:
+        known = blob if blob.tenant_id in rt.apis else None
+        return await _reject(rt, body, known, exc, message_id=message_id)
+
+    owner = f"{rt.instance}/{message_id or uuid.uuid4().hex}"
+    if not await rt.state.claim(blob, owner, rt.azure.claim_lease, utc(rt.clock())):
+        log.info("message skipped: blob settled or claimed elsewhere tenant_id=%s content_type=%s content_id=%s "
+                 "dequeue_count=%d", *_ctx(blob), dequeue_count)
+        return MessageOutcome("skipped", blob)
+
+    attempt = _Attempt(rt.api_for(blob.tenant_id).api)
+    try:
+        outcome = await process_blob(blob, api=attempt, sink=rt.sink, state=rt.state,
+                                     build_rows=rt.build_rows, clock=rt.clock)
+    except Exception as exc:
+        await _retry_later(rt, blob, owner, attempt, exc, dequeue_count)
+        raise RetryLaterError(
+            f"content {blob.content_id} of tenant {blob.tenant_id} ({blob.content_type}) will be retried: "
+            f"{type(exc).__name__}: {exc}") from exc
+    if outcome.status is BlobStatus.FAILED and attempt.bad_body:
+        await rt.deadletter.put_content(blob, attempt.bad_body, outcome.error or "failed")
+    return MessageOutcome("processed", blob, outcome.status, outcome.error)
+
+
+async def _retry_later(rt: Runtime, blob: ContentBlob, owner: str, attempt: _Attempt, exc: Exception,
+                       dequeue_count: int) -> None:
+    """Record a failed delivery on the ledger row (still ``queued``), keep what content there
+    is, and drop the claim so the redelivery (on any instance) need not wait for the lease."""
+    error = f"delivery {dequeue_count}: {type(exc).__name__}: {exc}"
+    log.error("delivery failed, will be retried tenant_id=%s content_type=%s content_id=%s error=%s",
+              *_ctx(blob), error)
+    if isinstance(exc, _TransientFetchError):
+        raw = exc.body
+    elif attempt.fetched is not None:
+        # Fetched fine but not written (ADX or Storage failed): keep the records, re-serialised,
+        # so they can be replayed after the API's copy expires.
+        raw = orjson.dumps(attempt.fetched.records)
+    else:
+        raw = None
+    # Best effort from here on: the queue retries the message whatever happens, and the
+    # stale-row sweep covers a row these writes could not reach.
+    try:
+        if raw:
+            location = await rt.deadletter.put_content(blob, raw, error)
+            error += f" (raw content kept at {location})"
+        await rt.state.mark(blob, BlobStatus.QUEUED, at=utc(rt.clock()), error=error)
+    except Exception:
+        log.exception("could not record the failed delivery tenant_id=%s content_type=%s content_id=%s",
+                      *_ctx(blob))
+    try:
+        await rt.state.release(blob, owner)
+    except Exception:
+        log.exception("could not release the claim tenant_id=%s content_type=%s content_id=%s", *_ctx(blob))
+
+
+# -- poison queue: the dead letter ---------------------------------------------------------------
+
+
+async def handle_poison(
+    rt: Runtime, body: bytes, *, dequeue_count: int, message_id: str | None = None
+) -> MessageOutcome:
+    """Record a message the content queue gave up on: keep it in the dead-letter container and
+    settle its blob ``failed`` with the reason, the last error and where the raw message (and
+    raw content, when kept) are. A blob settled meanwhile (a duplicate message succeeded) is
+    left as it is. Nothing is fetched or written to ADX here.
+    """
+    try:
+        blob = decode_message(body)
+        _trusted(rt, blob)
+    except UntrustedMessageError as exc:
+        named = _named_blob(rt, body)
+        return await _reject(rt, body, named, exc, message_id=message_id)
+    row = await rt.state.ledger_row(blob)
+    status = row.get("Status") if row else None
+    if status in _TERMINAL:
+        location = await rt.deadletter.put_message(body, f"poison; blob already {status}", message_id=message_id)
+        log.info("dead letter for a settled blob tenant_id=%s content_type=%s content_id=%s status=%s kept=%s",
+                 *_ctx(blob), status, location)
+        return MessageOutcome("skipped", blob, BlobStatus(str(status)))
+    last_error = row.get("Error") if row else None
+    attempts = row.get("Attempts") if row else None
+    content_location = await rt.deadletter.content_location(blob)
+    reason = (f"dead-lettered: the content queue gave up after its maxDequeueCount deliveries "
+              f"(poison dequeue count {dequeue_count}, attempts recorded {attempts or 0}); "
+              f"last error: {last_error or 'none recorded'}")
+    location = await rt.deadletter.put_message(body, reason[:1000], message_id=message_id)
+    reason += f"; raw message kept at {location}"
+    if content_location:
+        reason += f"; raw content kept at {content_location}"
+    await rt.state.mark(blob, BlobStatus.FAILED, at=utc(rt.clock()), error=reason)
+    log.error("dead letter recorded tenant_id=%s content_type=%s content_id=%s dequeue_count=%d reason=%s",
+              *_ctx(blob), dequeue_count, reason)
+    return MessageOutcome("processed", blob, BlobStatus.FAILED, reason)

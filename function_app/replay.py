@@ -1,0 +1,331 @@
+"""``auditlake replay``: re-drive blobs whose last attempt failed.
+
+Locally (a DuckDB lake) each failed blob is fetched and ingested again, in this process.
+In Azure each failed blob is moved back to ``queued`` and re-enqueued, so the deployed
+queue function processes it under the usual claim; a blob whose API copy has expired (or
+with ``from_deadletter``) is re-ingested here from the raw content kept in the dead-letter
+container instead, after an operator has fixed it there if it needed fixing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from function_app.config import AzureSettings, Settings
+from function_app.core.model import BlobStatus, ContentBlob, utc
+from function_app.core.ports import ClaimingStateStore, ContentQueue, DeadLetterStore, Sink
+from function_app.core.process import RowBuilder, process_blob
+from function_app.o365.auth import TokenProvider
+from function_app.wiring import build_rows, management_client, utcnow
+
+log = logging.getLogger(__name__)
+
+# A blob this close to its contentExpiration is not worth a round trip through the queue.
+EXPIRY_MARGIN = timedelta(minutes=10)
+_PARALLEL = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayItem:
+    """What replay did with one failed blob.
+
+    ``action`` is one of: ``ingested`` (fetched again and written), ``reingested`` (written from
+    the dead-letter copy), ``requeued`` (Azure: back on the content queue), ``failed`` (tried,
+    failed again; ``detail`` says why), ``expired`` (gone from the API, no copy kept), ``skipped``
+    (another instance holds it), or ``planned`` (dry run).
+    """
+
+    tenant_id: str
+    content_type: str
+    content_id: str
+    action: str
+    detail: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tenantId": self.tenant_id, "contentType": self.content_type, "contentId": self.content_id,
+                "action": self.action, "detail": self.detail}
+
+
+@dataclass(slots=True)
+class ReplaySummary:
+    """Every failed blob replay looked at, and what it did with each."""
+
+    target: str
+    items: list[ReplayItem] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for item in self.items:
+            out[item.action] = out.get(item.action, 0) + 1
+        return out
+
+    @property
+    def ok(self) -> bool:
+        """True when no blob failed again or turned out to be unrecoverable."""
+        return not any(i.action in ("failed", "expired") for i in self.items)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"target": self.target, "counts": self.counts(), "items": [i.to_json() for i in self.items]}
+
+
+def _item(blob: ContentBlob, action: str, detail: str | None = None) -> ReplayItem:
+    return ReplayItem(blob.tenant_id, blob.content_type, blob.content_id, action, detail)
+
+
+def _select(blobs: Sequence[ContentBlob], content_ids: Sequence[str]) -> list[ContentBlob]:
+    wanted = set(content_ids)
+    return [b for b in blobs if not wanted or b.content_id in wanted]
+
+
+async def _bounded(
+    blobs: Sequence[ContentBlob], fn: Callable[[ContentBlob], Awaitable[ReplayItem]]
+) -> list[ReplayItem]:
+    gate = asyncio.Semaphore(_PARALLEL)
+
+    async def one(blob: ContentBlob) -> ReplayItem:
+        async with gate:
+            return await fn(blob)
+
+    return list(await asyncio.gather(*(one(b) for b in blobs)))
+
+
+# -- local ---------------------------------------------------------------------------------------
+
+
+async def replay_local(
+    settings: Settings,
+    lake_path: str | Path,
+    *,
+    tenant_id: str | None = None,
+    content_ids: Sequence[str] = (),
+    dry_run: bool = False,
+    tokens: TokenProvider | None = None,
+    env: Mapping[str, str] | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> ReplaySummary:
+    """Fetch and ingest again every failed blob of the lake at *lake_path* (which must exist).
+
+    Expired blobs settle as ``expired`` (process_blob's rule); blobs that fail again keep
+    ``failed`` with the new error.
+    """
+    from function_app.lake.duckdb_lake import LocalLake
+    from function_app.state.local import LocalStateStore
+
+    path = Path(lake_path)
+    if not path.exists():
+        raise FileNotFoundError(f"no lake at {path}")
+    summary = ReplaySummary(target=f"lake {path}")
+    lake = LocalLake(path)
+    try:
+        state = LocalStateStore(lake)
+        blobs = _select(await state.failed(tenant_id), content_ids)
+        if dry_run or not blobs:
+            summary.items = [_item(b, "planned") for b in blobs]
+            return summary
+        tenants = sorted({b.tenant_id for b in blobs})
+        async with management_client(settings, tenants, tokens=tokens, env=env) as client:
+
+            async def one(blob: ContentBlob) -> ReplayItem:
+                outcome = await process_blob(blob, api=client, sink=lake, state=state, build_rows=build_rows,
+                                             clock=clock)
+                return _item(blob, outcome.status.value, outcome.error)
+
+            summary.items = await _bounded(blobs, one)
+    finally:
+        lake.close()
+    log.info("replay done target=%s counts=%s", summary.target, summary.counts())
+    return summary
+
+
+# -- Azure -----------------------------------------------------------------------------------------
+
+
+async def replay_failed(
+    *,
+    state: ClaimingStateStore,
+    queue: ContentQueue,
+    deadletter: DeadLetterStore,
+    sink: Callable[[], Sink],
+    build_rows: RowBuilder = build_rows,
+    clock: Callable[[], datetime] = utcnow,
+    tenant_id: str | None = None,
+    content_ids: Sequence[str] = (),
+    from_deadletter: bool = False,
+    dry_run: bool = False,
+    lease: timedelta = timedelta(minutes=11),
+) -> ReplaySummary:
+    """Re-drive the ledger's failed blobs through the ports (Azure's Table, queue, container).
+
+    A blob still retrievable from the API (and not *from_deadletter*) is moved back to
+    ``queued`` and then enqueued: if the send fails the row stays ``queued`` and the timer's
+    stale-row sweep re-enqueues it. Otherwise the dead-letter copy is parsed, flattened and
+    written with *sink* (called only when needed) under a claim, and the row settles
+    ``ingested`` or stays ``failed`` with the parse error; with no copy and the API's expired,
+    the row settles ``expired`` (the records are gone; an alert is logged).
+    """
+    summary = ReplaySummary(target="azure")
+    blobs = _select(await state.failed(tenant_id), content_ids)
+    if dry_run:
+        summary.items = [_item(b, "planned") for b in blobs]
+        return summary
+    sinks: list[Sink] = []
+
+    def get_sink() -> Sink:
+        if not sinks:
+            sinks.append(sink())
+        return sinks[0]
+
+    async def one(blob: ContentBlob) -> ReplayItem:
+        now = utc(clock())
+        row = await state.ledger_row(blob) or {}
+        previous = row.get("Error")
+        retrievable = utc(blob.content_expiration) > now + EXPIRY_MARGIN
+        if retrievable and not from_deadletter:
+            return await _requeue(state, queue, blob, now, previous)
+        raw = await deadletter.get_content(blob)
+        if raw is None:
+            if retrievable:
+                return await _requeue(state, queue, blob, now, previous)
+            reason = "content expired before replay and no raw copy was kept in the dead-letter container"
+            log.critical("ALERT content lost tenant_id=%s content_type=%s content_id=%s reason=%s",
+                         blob.tenant_id, blob.content_type, blob.content_id, reason)
+            await state.mark(blob, BlobStatus.EXPIRED, at=now, error=reason)
+            return _item(blob, "expired", reason)
+        return await _reingest(state, blob, raw, get_sink, build_rows, clock, lease)
+
+    summary.items = await _bounded(blobs, one)
+    log.info("replay done target=%s counts=%s", summary.target, summary.counts())
+    return summary
+
+
+async def _requeue(state: ClaimingStateStore, queue: ContentQueue, blob: ContentBlob, now: datetime,
+                   previous: object) -> ReplayItem:
+    note = "replay: re-enqueued"
+    if isinstance(previous, str) and previous:
+        note += f" (previous error: {previous})"
+    await state.mark(blob, BlobStatus.QUEUED, at=now, error=note)
+    await queue.enqueue([blob])
+    log.info("replay re-enqueued tenant_id=%s content_type=%s content_id=%s",
+             blob.tenant_id, blob.content_type, blob.content_id)
+    return _item(blob, "requeued")
+
+
+async def _reingest(state: ClaimingStateStore, blob: ContentBlob, raw: bytes, sink: Callable[[], Sink],
+                    rows_of: RowBuilder, clock: Callable[[], datetime], lease: timedelta) -> ReplayItem:
+    owner = f"replay/{uuid.uuid4().hex}"
+    # A failed row cannot be claimed; re-open it first, so a queue delivery racing this
+    # replay and this replay cannot both write the blob.
+    await state.mark(blob, BlobStatus.QUEUED, at=utc(clock()), error="replay: re-ingesting the dead-letter copy")
+    if not await state.claim(blob, owner, lease, utc(clock())):
+        return _item(blob, "skipped", "claimed by another instance")
+    try:
+        records: Any = orjson.loads(raw)
+        if not isinstance(records, list):
+            raise ValueError(f"the dead-letter copy is a JSON {type(records).__name__}, not an array")
+    except (orjson.JSONDecodeError, ValueError) as exc:
+        error = f"replay from the dead-letter copy of {len(raw)} bytes failed: {exc}"
+        await state.mark(blob, BlobStatus.FAILED, at=utc(clock()), error=error)
+        return _item(blob, "failed", error)
+    try:
+        result = await sink().write_blob(blob, rows_of(records, blob, utc(clock())))
+    except Exception as exc:
+        error = f"replay from the dead-letter copy could not be written: {type(exc).__name__}: {exc}"
+        log.error("replay failed tenant_id=%s content_type=%s content_id=%s error=%s",
+                  blob.tenant_id, blob.content_type, blob.content_id, error)
+        await state.mark(blob, BlobStatus.FAILED, at=utc(clock()), error=error)
+        return _item(blob, "failed", error)
+    await state.mark(blob, BlobStatus.INGESTED, at=utc(clock()), records=len(records), size=len(raw))
+    log.info("replay re-ingested from the dead-letter copy tenant_id=%s content_type=%s content_id=%s records=%d",
+             blob.tenant_id, blob.content_type, blob.content_id, len(records))
+    return _item(blob, "reingested", f"{result.inserted} rows from the dead-letter copy")
+
+
+async def replay_azure(
+    *,
+    env: Mapping[str, str] | None = None,
+    tenant_id: str | None = None,
+    content_ids: Sequence[str] = (),
+    from_deadletter: bool = False,
+    dry_run: bool = False,
+    clock: Callable[[], datetime] = utcnow,
+) -> ReplaySummary:
+    """``replay_failed`` against the app's storage account and ADX, configured as the
+    Functions app is (``AzureWebJobsStorage*``, ``CONTENT_QUEUE``, ``STATE_TABLE_PREFIX``,
+    ``DEADLETTER_CONTAINER``, ``ADX_*``) from *env* (default: the process environment)."""
+    from function_app.azure.deadletter import BlobDeadLetterStore
+    from function_app.azure.queue import StorageContentQueue
+    from function_app.azure.storage import container_client, queue_client, storage_credential, table_service
+    from function_app.lake.adx import AdxSink
+    from function_app.state.table import TableStateStore
+
+    az = AzureSettings.from_env(env if env is not None else os.environ)
+    credential = storage_credential(az.storage)
+    state = TableStateStore(table_service(az.storage, credential), checkpoints_table=az.checkpoints_table,
+                            ledger_table=az.ledger_table, runs_table=az.runs_table)
+    queue = StorageContentQueue(queue_client(az.storage, az.content_queue, credential))
+    deadletter = BlobDeadLetterStore(container_client(az.storage, az.deadletter_container, credential))
+    sinks: list[AdxSink] = []
+
+    def sink() -> Sink:
+        if not sinks:
+            sinks.append(AdxSink.create(az.adx_ingest_uri, az.adx_database, engine_uri=az.adx_engine_uri,
+                                        streaming=az.adx_streaming))
+        return sinks[0]
+
+    try:
+        return await replay_failed(state=state, queue=queue, deadletter=deadletter, sink=sink, clock=clock,
+                                   tenant_id=tenant_id, content_ids=content_ids, from_deadletter=from_deadletter,
+                                   dry_run=dry_run, lease=az.claim_lease)
+    finally:
+        for s in sinks:
+            await asyncio.to_thread(s.close)
+        await state.close()
+        await queue.close()
+        await deadletter.close()
+        if credential is not None:
+            await credential.close()
+
+
+async def replay(
+    *,
+    lake: str | Path | None = None,
+    azure: bool = False,
+    settings: Settings | None = None,
+    tenant_id: str | None = None,
+    content_ids: Sequence[str] = (),
+    from_deadletter: bool = False,
+    dry_run: bool = False,
+    env: Mapping[str, str] | None = None,
+    tokens: TokenProvider | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> ReplaySummary:
+    """Re-drive failed blobs that have not expired, in the local *lake* or (``azure=True``) in
+    the Azure deployment the environment describes; exactly one of the two.
+
+    *settings* (default: from *env*) tell a local replay how to reach the API; *tenant_id*
+    and *content_ids* narrow the selection; *dry_run* only lists what would be re-driven;
+    *from_deadletter* (Azure) re-ingests the dead-letter copy even while the API's copy
+    exists. Raises ValueError for a bad combination, SettingsError for a bad setting,
+    FileNotFoundError for a missing lake.
+    """
+    if (lake is None) == (not azure):
+        raise ValueError("replay needs exactly one target: a lake path, or azure=True")
+    environ = env if env is not None else os.environ
+    if azure:
+        return await replay_azure(env=environ, tenant_id=tenant_id, content_ids=content_ids,
+                                  from_deadletter=from_deadletter, dry_run=dry_run, clock=clock)
+    if from_deadletter:
+        raise ValueError("from_deadletter applies to the Azure deployment only (a lake keeps no dead letters)")
+    assert lake is not None
+    return await replay_local(settings or Settings.from_env(environ), lake, tenant_id=tenant_id,
+                              content_ids=content_ids, dry_run=dry_run, tokens=tokens, env=environ, clock=clock)
