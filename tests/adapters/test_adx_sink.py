@@ -9,6 +9,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,11 +125,17 @@ def assert_valid(table: Table, row: dict[str, Any]) -> None:
                 pass
 
 
+KQL_TABLES = Path(__file__).resolve().parents[2] / "infra" / "kql" / "tables.kql"
+
+
 def mapping_paths(table: Table) -> dict[str, str]:
-    """Column -> Path of the mapping the schema renders (parsed from the command text)."""
-    text = adx_json_mapping(table)
-    m = re.fullmatch(r'\.create-or-alter table (\w+) ingestion json mapping "(\w+)" \'(.*)\'', text, re.S)
-    assert m, text
+    """Column -> Path of the table's mapping as deployed: parsed from the committed infra/kql/tables.kql."""
+    commands = KQL_TABLES.read_text(encoding="utf-8").split("\n\n")
+    found = [c.strip() for c in commands if c.startswith(f".create-or-alter table {table.name} ingestion json")]
+    assert len(found) == 1, f"no single JSON mapping for {table.name} in {KQL_TABLES}"
+    assert found[0] == adx_json_mapping(table)
+    m = re.fullmatch(r'\.create-or-alter table (\w+) ingestion json mapping "(\w+)" \'(.*)\'', found[0], re.S)
+    assert m, found[0]
     assert m.group(1) == table.name
     assert m.group(2) == json_mapping_name(table)
     return {e["column"]: e["Properties"]["Path"] for e in json.loads(m.group(3))}
