@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import aiohttp
 import orjson
 
+import tests.fakes
 from function_app.core.model import CONTENT_TYPES, iso_z
 from function_app.emulator import EmulatorServer
 
@@ -20,17 +21,11 @@ PUBLISHER = "9f0e1d2c-3b4a-4596-8877-665544332211"
 T = TypeVar("T")
 
 
-class FakeClock:
-    """A settable server clock."""
+class FakeClock(tests.fakes.FakeClock):
+    """A settable server clock, starting at NOW."""
 
     def __init__(self, now: datetime = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, delta: timedelta) -> None:
-        self.now += delta
+        super().__init__(now)
 
 
 @dataclass
