@@ -5,7 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup run test lint typecheck bench clean
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.tools-stamp
+
+.PHONY: setup run test lint typecheck bench clean tools
 
 setup: $(STAMP)
 
@@ -24,7 +27,16 @@ node_modules/.bin/azurite: package.json package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
-test: setup lint node_modules/.bin/azurite
+# checkov pins an older pycep-parser than the project's Bicep tests use: it gets a venv of its own.
+tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP): Makefile
+	@test -x $(TOOLS)/bin/python || $(PY) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --upgrade pip
+	$(TOOLS)/bin/python -m pip install --quiet 'checkov==3.3.30'
+	@touch $(TOOLS_STAMP)
+
+test: setup lint tools node_modules/.bin/azurite
 	$(BIN)/python -m pytest -q
 
 lint: setup
@@ -35,4 +47,4 @@ bench: setup
 	$(BIN)/python -m tests.bench.run
 
 clean:
-	rm -rf $(VENV) node_modules .auditlake .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) node_modules .auditlake .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,50 @@
+// A new Azure Data Explorer cluster (skipped when main.bicep is given an existing one).
+
+@description('Cluster name (4-22 lower-case letters and digits, starting with a letter).')
+@minLength(4)
+@maxLength(22)
+param name string
+
+@description('Azure region.')
+param location string
+
+@description('Tags applied to the cluster.')
+param tags object = {}
+
+@description('Cluster SKU. The Dev SKU has no SLA and one node; use e.g. Standard_E2ads_v5 with capacity 2 in production.')
+param skuName string
+
+@description('Number of instances.')
+@minValue(1)
+param capacity int
+
+@description('Allow streaming ingestion (needed when ADX_STREAMING is true).')
+param enableStreamingIngest bool
+
+resource cluster 'Microsoft.Kusto/clusters@2024-04-13' = {
+  name: name
+  location: location
+  tags: tags
+  sku: {
+    name: skuName
+    tier: startsWith(skuName, 'Dev(No SLA)') ? 'Basic' : 'Standard'
+    capacity: capacity
+  }
+  identity: {
+    type: 'SystemAssigned'
+  }
+  properties: {
+    enableStreamingIngest: enableStreamingIngest
+    enableDiskEncryption: true
+    // Infrastructure (double) encryption can only be chosen when the cluster is created.
+    enableDoubleEncryption: true
+    // Audit data has to arrive whether or not anyone is querying: never stop the cluster.
+    enableAutoStop: false
+    enablePurge: false
+    publicNetworkAccess: 'Enabled'
+  }
+}
+
+output name string = cluster.name
+output uri string = cluster.properties.uri
+output dataIngestionUri string = cluster.properties.dataIngestionUri

@@ -1,0 +1,83 @@
+extension microsoftGraphV1
+
+// The multi-tenant app registration the collector authenticates as in every monitored tenant.
+// With authMode 'federated' it trusts the function app's managed identity as a federated
+// credential, so no secret exists anywhere. Kept apart (and small) because it declares the
+// Microsoft Graph extension, which checkov's Bicep parser cannot read.
+
+@description('Immutable unique name of the app registration in the home tenant.')
+param uniqueName string
+
+@description('Display name shown in the consent prompt and in each tenant\'s enterprise apps.')
+param displayName string
+
+@description('Add the federated credential that trusts the managed identity.')
+param federated bool
+
+@description('Object (principal) id of the function app\'s managed identity.')
+param managedIdentityPrincipalId string
+
+@description('Audience of the managed identity token (api://AzureADTokenExchange in the public cloud).')
+param tokenExchangeAudience string
+
+@description('Also declare ActivityFeed.ReadDlp (needed by tenants that collect DLP.All).')
+param requestDlpPermission bool
+
+@description('Where the admin-consent URL returns the administrator (it needs a registered reply address).')
+param consentRedirectUri string
+
+@description('appId of the Office 365 Management APIs service principal.')
+param managementApiAppId string = 'c5393580-f805-4401-95e8-94b7a6ef2fc2'
+
+@description('id of its ActivityFeed.Read app role.')
+param activityFeedReadRoleId string = '594c1fb6-4f81-4475-ae41-0c394909246c'
+
+@description('id of its ActivityFeed.ReadDlp app role.')
+param activityFeedReadDlpRoleId string = '4807a72c-ad38-4250-94c9-4eabfe26cd55'
+
+var readAccess = [
+  {
+    id: activityFeedReadRoleId
+    type: 'Role'
+  }
+]
+var dlpAccess = requestDlpPermission ? [
+  {
+    id: activityFeedReadDlpRoleId
+    type: 'Role'
+  }
+] : []
+
+// The tokens of a managed identity in this tenant are issued by this tenant's v2.0 endpoint.
+var issuer = '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
+
+resource app 'Microsoft.Graph/applications@v1.0' = {
+  uniqueName: uniqueName
+  displayName: displayName
+  signInAudience: 'AzureADMultipleOrgs'
+  web: {
+    redirectUris: [
+      consentRedirectUri
+    ]
+  }
+  // What an administrator of a monitored tenant consents to (admin-consent URL or onboarding/).
+  requiredResourceAccess: [
+    {
+      resourceAppId: managementApiAppId
+      resourceAccess: concat(readAccess, dlpAccess)
+    }
+  ]
+}
+
+resource managedIdentityCredential 'Microsoft.Graph/applications/federatedIdentityCredentials@v1.0' = if (federated) {
+  name: '${app.uniqueName}/auditlake-function-identity'
+  description: 'The AuditLake function app\'s user-assigned managed identity'
+  issuer: issuer
+  subject: managedIdentityPrincipalId
+  audiences: [
+    tokenExchangeAudience
+  ]
+}
+
+output appId string = app.appId
+output issuer string = issuer

@@ -1,0 +1,60 @@
+extension microsoftGraphV1
+
+// Onboards one Microsoft 365 tenant: deployed in THAT tenant by one of its administrators.
+// Creates the service principal of AuditLake's multi-tenant app registration and grants it the
+// Office 365 Management APIs application permissions it needs (the same as admin consent).
+
+@description('Application (client) id of the AuditLake app registration (output apiClientId of the platform deployment).')
+param appId string
+
+@description('Content types this tenant is collected for; DLP.All also grants ActivityFeed.ReadDlp.')
+param contentTypes array = [
+  'Audit.AzureActiveDirectory'
+  'Audit.Exchange'
+  'Audit.SharePoint'
+  'Audit.General'
+  'DLP.All'
+]
+
+@description('Microsoft 365 cloud of this tenant (Enterprise, GCC, GCCHigh or DoD).')
+@allowed(['Enterprise', 'GCC', 'GCCHigh', 'DoD'])
+param cloud string = 'Enterprise'
+
+@description('appId of the Office 365 Management APIs service principal (the same in every tenant).')
+param managementApiAppId string = 'c5393580-f805-4401-95e8-94b7a6ef2fc2'
+
+@description('id of its ActivityFeed.Read app role: "Read activity data for your organization".')
+param activityFeedReadRoleId string = '594c1fb6-4f81-4475-ae41-0c394909246c'
+
+@description('id of its ActivityFeed.ReadDlp app role: "Read DLP policy events including detected sensitive data".')
+param activityFeedReadDlpRoleId string = '4807a72c-ad38-4250-94c9-4eabfe26cd55'
+
+resource managementApi 'Microsoft.Graph/servicePrincipals@v1.0' existing = {
+  appId: managementApiAppId
+}
+
+// The collector's identity in this tenant.
+resource collector 'Microsoft.Graph/servicePrincipals@v1.0' = {
+  appId: appId
+}
+
+resource activityFeedRead 'Microsoft.Graph/appRoleAssignedTo@v1.0' = {
+  principalId: collector.id
+  resourceId: managementApi.id
+  appRoleId: activityFeedReadRoleId
+}
+
+resource activityFeedReadDlp 'Microsoft.Graph/appRoleAssignedTo@v1.0' = if (contains(contentTypes, 'DLP.All')) {
+  principalId: collector.id
+  resourceId: managementApi.id
+  appRoleId: activityFeedReadDlpRoleId
+}
+
+output tenantId string = tenant().tenantId
+output servicePrincipalId string = collector.id
+// Append this to the platform deployment's tenants parameter and deploy it again.
+output tenantsEntry object = {
+  tenantId: tenant().tenantId
+  contentTypes: contentTypes
+  cloud: cloud
+}

@@ -1,0 +1,449 @@
+"""infra/ holds together without the Bicep CLI: every file parses, checkov finds nothing, the
+function app's settings are exactly what function_app/ reads, every binding resolves, every
+KQL script is deployed in order, and the wiring between main.bicep and its modules is sound."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from function_app.config import (
+    AZURE_SETTING_NAMES,
+    DEFAULT_CONTENT_QUEUE,
+    DEFAULT_DEADLETTER_CONTAINER,
+    DEFAULT_STATE_TABLE_PREFIX,
+    POISON_SUFFIX,
+    AppSettings,
+    parse_tenants,
+)
+from function_app.o365.auth import AuthKind, token_provider_from_env
+from function_app.o365.clouds import Cloud
+from tests.contract.bicep_support import (
+    INFRA,
+    KQL_DIR,
+    REPO,
+    app_settings_by_mode,
+    bicep_files,
+    body,
+    decorator,
+    extensions_declared,
+    function_calls,
+    is_reference,
+    load_text_targets,
+    parsed,
+    rel,
+    resources,
+    run_checkov,
+    tree_sitter_errors,
+)
+from tests.contract.code_settings import settings_read_by
+from tests.contract.test_kql_schema import KQL as RENDERED_KQL_DIR
+
+MAIN = INFRA / "main.bicep"
+ONBOARDING = INFRA / "onboarding" / "main.bicep"
+PLACEHOLDER_GUID = "11111111-2222-3333-4444-555555555555"
+
+# App settings the Functions host or the Python worker reads, not function_app/.
+PLATFORM_SETTINGS = {
+    "PYTHON_SCRIPT_FILE_NAME": "the worker imports this root file (main.py)",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING": "where the host sends telemetry",
+    "APPLICATIONINSIGHTS_AUTHENTICATION_STRING": "the host authenticates telemetry with the managed identity",
+}
+
+# Settings function_app/ reads that the deployment deliberately leaves unset.
+NOT_DEPLOYED = {
+    "AzureWebJobsStorage": "a connection string carries the account key and overrides the identity-based one",
+    "AzureWebJobsStorage__accountName": "derives *.core.windows.net; the service URIs work in every cloud",
+    "AUDITLAKE_API_ROOT": "an override for the emulator; the cloud selects the real root",
+    "AUDITLAKE_API_TOKEN": "a static bearer token for tests and the emulator",
+    "AZURE_FEDERATED_TOKEN_FILE": "workload identity on Kubernetes, not on Functions",
+    "AZURE_CLIENT_CERTIFICATE_PATH": "Flex Consumption cannot load certificates (WEBSITE_LOAD_CERTIFICATES)",
+    "AZURE_CLIENT_CERTIFICATE_PASSWORD": "goes with AZURE_CLIENT_CERTIFICATE_PATH",
+    "WEBSITE_INSTANCE_ID": "set by the platform on every instance",
+    "FUNCTIONS_WORKER_RUNTIME": "set by the platform; Flex Consumption refuses it as an app setting",
+}
+
+# The credential token_provider_from_env must choose for each authMode of the Bicep.
+EXPECTED_AUTH = {
+    "federated": AuthKind.FEDERATED_MANAGED_IDENTITY,
+    "secret": AuthKind.CLIENT_SECRET,
+}
+
+# Built-in role definitions the templates assign, by id: the comment above each assignment names it.
+KNOWN_ROLES = {
+    "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
+    "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
+    "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
+    "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
+    "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
+}
+
+# The order ADX must run the scripts in: each uses what the ones before it created.
+KQL_ORDER = ["tables.kql", "policies.kql", "views.kql", "functions"]
+
+FILES = bicep_files()
+PLAIN_FILES = [p for p in FILES if not extensions_declared(p)]
+EXTENSION_FILES = [p for p in FILES if extensions_declared(p)]
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [rel(p) for p in paths]
+
+
+def _function_app_file() -> Path:
+    found = [p for p in FILES if any(r["type"] == "Microsoft.Web/sites" for r in resources(p).values())]
+    assert len(found) == 1, f"expected one file declaring the function app, found {_ids(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def settings_by_mode() -> dict[str, dict[str, Any]]:
+    return app_settings_by_mode(_function_app_file())
+
+
+@pytest.fixture(scope="module")
+def code_settings() -> set[str]:
+    scan = settings_read_by([*sorted((REPO / "function_app").rglob("*.py")), REPO / "main.py"])
+    assert not scan.unresolved, f"settings the scanner cannot name (make them constants): {scan.unresolved}"
+    # The scanner finds at least what config.py declares for the Azure side.
+    assert scan.names >= AZURE_SETTING_NAMES, sorted(AZURE_SETTING_NAMES - scan.names)
+    return scan.names
+
+
+def _literal(value: Any, tree: dict[str, Any]) -> str | None:
+    return None if is_reference(value, tree) else str(value)
+
+
+# -- parsing and scanning ----------------------------------------------------------------------
+
+
+def test_there_is_something_to_check() -> None:
+    assert MAIN in FILES and ONBOARDING in FILES
+    assert (INFRA / "main.parameters.json").exists()
+
+
+@pytest.mark.parametrize("path", FILES, ids=_ids(FILES))
+def test_parses_with_pycep(path: Path) -> None:
+    tree = parsed(path)
+    assert tree.get("resources") or tree.get("modules"), f"{rel(path)} declares nothing"
+
+
+@pytest.mark.parametrize("path", FILES, ids=_ids(FILES))
+def test_parses_with_tree_sitter(path: Path) -> None:
+    assert tree_sitter_errors(path) == []
+
+
+@pytest.mark.parametrize("path", EXTENSION_FILES, ids=_ids(EXTENSION_FILES))
+def test_extension_files_hold_only_graph_resources_and_find_their_config(path: Path) -> None:
+    # checkov cannot read these files, so nothing it should check may live in them.
+    types = {r["type"] for r in resources(path).values()}
+    assert types and all(t.startswith("Microsoft.Graph/") for t in types), types
+    assert not parsed(path).get("modules")
+    for alias in extensions_declared(path):
+        configs = [d / "bicepconfig.json" for d in [path.parent, *path.parent.parents] if d.is_relative_to(INFRA)]
+        found = [json.loads(c.read_text()) for c in configs if c.exists()]
+        assert found, f"{rel(path)}: no bicepconfig.json defines the extension {alias!r}"
+        reference = found[0].get("extensions", {}).get(alias, "")
+        assert reference.startswith("br:mcr.microsoft.com/bicep/extensions/microsoftgraph/v1.0:"), reference
+
+
+def test_checkov_reports_no_failed_check_and_no_parsing_error() -> None:
+    report = run_checkov(skip=EXTENSION_FILES)
+    summary, results = report["summary"], report["results"]
+    assert summary["parsing_errors"] == 0 and not results.get("parsing_errors"), results.get("parsing_errors")
+    failed = [f"{c['check_id']} {c['check_name']}: {c['file_path']} {c['resource']}" for c in results["failed_checks"]]
+    assert summary["failed"] == 0 and failed == [], "\n".join(failed)
+    assert summary["passed"] > 0 and summary["resource_count"] > 0, summary
+    for check in results.get("skipped_checks", []):
+        comment = (check.get("check_result") or {}).get("suppress_comment", "")
+        assert comment.strip(), f"{check['check_id']} in {check['file_path']} is skipped without a reason"
+
+
+# -- wiring ----------------------------------------------------------------------------------
+
+
+def test_main_only_wires_modules() -> None:
+    tree = parsed(MAIN)
+    assert not tree.get("resources"), "main.bicep declares resources: move them into infra/modules"
+    assert tree.get("modules")
+
+
+@pytest.mark.parametrize("path", FILES, ids=_ids(FILES))
+def test_modules_get_the_parameters_they_declare_and_expose_the_outputs_used(path: Path) -> None:
+    tree = parsed(path)
+    text = path.read_text(encoding="utf-8")
+    for symbol, module in (tree.get("modules") or {}).items():
+        target = path.parent / module["detail"]["path"]
+        assert target.exists(), f"{symbol}: {target} is missing"
+        declared = parsed(target).get("parameters") or {}
+        given = body(module).get("params") or {}
+        assert set(given) <= set(declared), f"{symbol}: unknown parameters {set(given) - set(declared)}"
+        required = {n for n, p in declared.items() if p.get("default") is None and not str(p["type"]).endswith("?")}
+        assert required <= set(given), f"{symbol}: missing parameters {required - set(given)}"
+        for name, value in given.items():
+            outer = (tree.get("parameters") or {}).get(value) if isinstance(value, str) else None
+            inner_allowed = decorator(declared[name], "allowed")
+            if outer is not None and inner_allowed is not None:
+                outer_allowed = decorator(outer, "allowed")
+                assert outer_allowed and set(outer_allowed) <= set(inner_allowed), f"{symbol}.{name}: {outer_allowed}"
+        outputs = set(parsed(target).get("outputs") or {})
+        used = set(re.findall(rf"\b{symbol}\.outputs\.(\w+)", text))
+        assert used <= outputs, f"{symbol}: no outputs {used - outputs} in {rel(target)}"
+
+
+def test_main_outputs_what_a_user_needs() -> None:
+    outputs = set(parsed(MAIN)["outputs"])
+    assert {"functionAppName", "adxQueryUri", "adxIngestUri", "managedIdentityClientId", "apiClientId"} <= outputs
+
+
+@pytest.mark.parametrize("path", [MAIN, ONBOARDING], ids=_ids([MAIN, ONBOARDING]))
+def test_parameters_file_fits_its_template(path: Path) -> None:
+    values = json.loads(path.with_name("main.parameters.json").read_text())["parameters"]
+    declared = parsed(path)["parameters"]
+    assert set(values) <= set(declared), set(values) - set(declared)
+    required = {n for n, p in declared.items() if p.get("default") is None}
+    assert required <= set(values), required - set(values)
+    for name, entry in values.items():
+        allowed = decorator(declared[name], "allowed")
+        assert allowed is None or entry["value"] in allowed, (name, entry["value"])
+    if "tenants" in values:
+        tenants = parse_tenants(json.dumps(values["tenants"]["value"]), "Enterprise")
+        assert tenants and all(Cloud.parse(t.cloud) for t in tenants)
+
+
+def test_cloud_parameters_offer_exactly_the_code_s_clouds() -> None:
+    found = [decorator(parsed(p)["parameters"]["cloud"], "allowed") for p in FILES
+             if "cloud" in (parsed(p).get("parameters") or {})]
+    assert len(found) >= 2  # main.bicep and the onboarding
+    for allowed in found:
+        assert allowed is None or allowed == [c.value for c in Cloud]
+
+
+def test_names_the_code_defaults_to_are_the_names_created() -> None:
+    variables = {k: v["value"] for k, v in parsed(MAIN)["variables"].items()}
+    assert variables["contentQueueName"] == DEFAULT_CONTENT_QUEUE
+    assert variables["stateTablePrefix"] == DEFAULT_STATE_TABLE_PREFIX
+    assert variables["deadletterContainerName"] == DEFAULT_DEADLETTER_CONTAINER
+    storage = (INFRA / "modules" / "storage.bicep").read_text()
+    assert f"'${{contentQueueName}}{POISON_SUFFIX}'" in storage, "the poison queue is <content queue>-poison"
+
+
+# -- app settings ------------------------------------------------------------------------------
+
+
+def test_every_app_setting_is_read_by_the_code(settings_by_mode: dict[str, dict[str, Any]],
+                                               code_settings: set[str]) -> None:
+    for mode, settings in settings_by_mode.items():
+        unread = set(settings) - code_settings - set(PLATFORM_SETTINGS)
+        assert not unread, f"authMode {mode}: app settings nothing reads: {sorted(unread)}"
+        assert set(PLATFORM_SETTINGS) <= set(settings), mode
+
+
+def test_every_setting_the_code_reads_is_deployed(settings_by_mode: dict[str, dict[str, Any]],
+                                                  code_settings: set[str]) -> None:
+    deployed = set().union(*settings_by_mode.values())
+    missing = code_settings - deployed - set(NOT_DEPLOYED)
+    assert not missing, f"read by function_app/ but not in the function app's settings: {sorted(missing)}"
+    # The exceptions stay true: still read by the code, still not deployed, never a platform setting.
+    assert set(NOT_DEPLOYED) <= code_settings, sorted(set(NOT_DEPLOYED) - code_settings)
+    assert not set(NOT_DEPLOYED) & deployed, sorted(set(NOT_DEPLOYED) & deployed)
+    assert not set(PLATFORM_SETTINGS) & code_settings, "the code reads it now: drop it from PLATFORM_SETTINGS"
+    # Outside the authentication settings, every mode deploys the same names.
+    common = set.intersection(*(set(s) for s in settings_by_mode.values()))
+    auth_only = deployed - common
+    assert code_settings - set(NOT_DEPLOYED) - auth_only <= common
+
+
+def test_each_auth_mode_gives_the_code_its_credential(settings_by_mode: dict[str, dict[str, Any]]) -> None:
+    assert set(settings_by_mode) == set(EXPECTED_AUTH)
+    tree = parsed(_function_app_file())
+    for mode, settings in settings_by_mode.items():
+        env = {name: _literal(value, tree) or PLACEHOLDER_GUID for name, value in settings.items()}
+        provider = token_provider_from_env(env, Cloud.ENTERPRISE)
+        assert getattr(provider, "kind", None) == EXPECTED_AUTH[mode], mode
+        for name, value in settings.items():
+            if re.search(r"SECRET|PASSWORD", name):
+                assert str(value).startswith("@Microsoft.KeyVault("), f"{name} must be a Key Vault reference"
+
+
+def test_spelled_out_tuning_equals_the_code_s_defaults(settings_by_mode: dict[str, dict[str, Any]]) -> None:
+    tree = parsed(_function_app_file())
+    common = set.intersection(*(set(s) for s in settings_by_mode.values()))
+    any_mode = next(iter(settings_by_mode.values()))
+    literals = {n: _literal(any_mode[n], tree) for n in common if n.startswith("AUDITLAKE_")}
+    tuning = {n: v for n, v in literals.items() if v is not None}
+    assert tuning, "no literal AUDITLAKE_* settings found"
+    minimal = {"AUDITLAKE_TENANTS": PLACEHOLDER_GUID, "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+               "ADX_INGEST_URI": "https://ingest-example.westeurope.kusto.windows.net", "ADX_DATABASE": "auditlake"}
+    assert AppSettings.from_env(minimal | tuning) == AppSettings.from_env(minimal), sorted(tuning)
+
+
+def test_the_worker_imports_main_py(settings_by_mode: dict[str, dict[str, Any]]) -> None:
+    for settings in settings_by_mode.values():
+        assert settings["PYTHON_SCRIPT_FILE_NAME"] == "main.py"
+    assert (REPO / "main.py").exists()
+
+
+def test_every_binding_resolves_to_app_settings(settings_by_mode: dict[str, dict[str, Any]]) -> None:
+    from tests.azure.conftest import indexed_functions
+
+    bindings = [json.loads(b) for f in indexed_functions() for b in f.get_raw_bindings()]
+    named = {n for b in bindings for n in re.findall(r"%([^%]+)%", json.dumps(b))}
+    connections = {b["connection"] for b in bindings if b.get("connection")}
+    assert named and connections
+    for mode, settings in settings_by_mode.items():
+        assert named <= set(settings), f"authMode {mode}: missing {named - set(settings)}"
+        for connection in connections:
+            # Identity-based: no connection string, the service URIs, the managed identity.
+            assert connection not in settings, connection
+            for suffix in ("__queueServiceUri", "__blobServiceUri", "__tableServiceUri", "__clientId"):
+                assert connection + suffix in settings, connection + suffix
+            assert settings[connection + "__credential"] == "managedidentity"
+
+
+# -- ADX and KQL -----------------------------------------------------------------------------
+
+
+def _deployed_kql() -> list[Path]:
+    return [t for p in FILES for t in load_text_targets(p) if t.suffix == ".kql"]
+
+
+def test_every_load_text_content_target_exists() -> None:
+    for path in FILES:
+        for target in load_text_targets(path):
+            assert target.is_file(), f"{rel(path)} loads {target}, which does not exist"
+
+
+def test_every_kql_file_is_deployed() -> None:
+    deployed = set(_deployed_kql())
+    on_disk = {p.resolve() for p in KQL_DIR.rglob("*.kql")}
+    assert on_disk, "no KQL under infra/kql"
+    missing = sorted(rel(p) for p in on_disk - deployed)
+    assert not missing, f"add one line per script to kqlScripts in infra/modules/adx-database.bicep: {missing}"
+    # The file test_kql_schema holds equal to render_adx() is the one deployed.
+    assert (RENDERED_KQL_DIR / "tables.kql").resolve() in deployed
+
+
+def test_kql_scripts_run_one_at_a_time_in_order() -> None:
+    found = 0
+    for path in FILES:
+        tree = parsed(path)
+        for symbol, resource in resources(path).items():
+            if resource["type"] != "Microsoft.Kusto/clusters/databases/scripts":
+                continue
+            found += 1
+            assert decorator(resource, "batchSize") == 1, f"{symbol}: scripts must run serially (@batchSize(1))"
+            loop = resource["config"]["loop_type"]["detail"]
+            items = tree["variables"][loop["array_name"]]["value"]
+            fields = [k for k, v in items[0].items() if list(function_calls(v, "load_text_content"))]
+            assert len(fields) == 1, "each script item loads exactly one .kql file"
+            content = body(resource)["properties"]["scriptContent"]["operator"]["operands"]
+            assert (content["operand_1"], content["operand_2"]) == (loop["item_name"], fields[0])
+            assert body(resource)["properties"]["continueOnErrors"] is False
+            order = [_kql_rank(t) for t in load_text_targets(path) if t.suffix == ".kql"]
+            assert order == sorted(order), f"{rel(path)}: scripts must run in the order {KQL_ORDER}"
+    assert found == 1
+
+
+def _kql_rank(path: Path) -> int:
+    first = path.relative_to(KQL_DIR.resolve()).parts[0]
+    assert first in KQL_ORDER, f"{first}: give it a place in KQL_ORDER (tests/contract/test_bicep.py)"
+    return KQL_ORDER.index(first)
+
+
+def test_the_identity_is_database_ingestor_and_viewer() -> None:
+    text = "\n".join(p.read_text() for p in FILES)
+    assert "Microsoft.Kusto/clusters/databases/principalAssignments@" in text
+    assert re.search(r"ingestorRoles = \[\s*'Ingestor'\s*'Viewer'\s*\]", text)
+
+
+# -- security requirements of the issue ------------------------------------------------------
+
+REQUIRED_PROPERTIES = [
+    ("Microsoft.Storage/storageAccounts", "allowSharedKeyAccess", False),
+    ("Microsoft.Storage/storageAccounts", "minimumTlsVersion", "TLS1_2"),
+    ("Microsoft.Storage/storageAccounts", "allowBlobPublicAccess", False),
+    ("Microsoft.Storage/storageAccounts", "supportsHttpsTrafficOnly", True),
+    ("Microsoft.KeyVault/vaults", "enableRbacAuthorization", True),
+    ("Microsoft.KeyVault/vaults", "enablePurgeProtection", True),
+    ("Microsoft.Insights/components", "DisableLocalAuth", True),
+    ("Microsoft.Web/sites", "httpsOnly", True),
+]
+
+
+@pytest.mark.parametrize(("kind", "name", "expected"), REQUIRED_PROPERTIES,
+                         ids=[f"{k.split('/')[-1]}.{n}" for k, n, _ in REQUIRED_PROPERTIES])
+def test_required_property(kind: str, name: str, expected: Any) -> None:
+    found = [body(r)["properties"] for p in PLAIN_FILES for r in resources(p).values()
+             if r["type"] == kind and not r.get("existing")]
+    assert found, kind
+    assert all(props.get(name) == expected for props in found), (kind, name)
+
+
+def test_flex_consumption_python_311_with_the_user_assigned_identity() -> None:
+    path = _function_app_file()
+    for resource in resources(path).values():
+        config = body(resource)
+        if resource["type"] == "Microsoft.Web/serverfarms":
+            assert config["sku"] == {"tier": "FlexConsumption", "name": "FC1"}
+        if resource["type"] == "Microsoft.Web/sites":
+            app = config["properties"]["functionAppConfig"]
+            assert app["runtime"] == {"name": "python", "version": "3.11"}
+            assert app["deployment"]["storage"]["authentication"]["type"] == "UserAssignedIdentity"
+            assert config["identity"]["type"] == "UserAssigned"
+            assert config["properties"]["keyVaultReferenceIdentity"], "Key Vault references need the identity"
+
+
+def test_role_assignments_are_named_with_guid_and_commented_by_role() -> None:
+    count = 0
+    for path in PLAIN_FILES:
+        lines = path.read_text(encoding="utf-8").splitlines()
+        for symbol, resource in resources(path).items():
+            if resource["type"] not in ("Microsoft.Authorization/roleAssignments",
+                                        "Microsoft.Kusto/clusters/databases/principalAssignments"):
+                continue
+            count += 1
+            config = body(resource)
+            assert list(function_calls(config["name"], "guid")), f"{rel(path)} {symbol}: name it with guid()"
+            start = next(i for i, line in enumerate(lines) if line.startswith(f"resource {symbol} "))
+            comments = []
+            for line in reversed(lines[:start]):
+                if line.startswith("@"):
+                    continue  # a decorator between the comment and the resource
+                if not line.startswith("//"):
+                    break
+                comments.append(line)
+            comment = " ".join(comments)
+            if resource["type"] == "Microsoft.Authorization/roleAssignments":
+                role = next(g for g in KNOWN_ROLES if g in json.dumps(config["properties"]["roleDefinitionId"]))
+                assert KNOWN_ROLES[role] in comment, f"{rel(path)} {symbol}: comment the role by name"
+            else:
+                assert "Database Ingestor" in comment, f"{rel(path)} {symbol}: comment the roles by name"
+    assert count >= 5
+
+
+def test_no_secret_or_key_is_read_into_a_template() -> None:
+    for path in FILES:
+        text = path.read_text(encoding="utf-8")
+        assert "listKeys(" not in text and "listKeys" not in json.dumps(parsed(path)), rel(path)
+        for parameter in (parsed(path).get("parameters") or {}).values():
+            assert decorator(parameter, "secure") is None, f"{rel(path)}: no secrets as parameters"
+
+
+def test_funcignore_ships_the_app_and_nothing_else() -> None:
+    patterns = [line.strip().rstrip("/") for line in (REPO / ".funcignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+
+    def ignored(name: str) -> bool:
+        return any(fnmatch.fnmatch(name, p) for p in patterns)
+
+    for shipped in ("main.py", "host.json", "requirements.txt", "function_app"):
+        assert not ignored(shipped), shipped
+    for left_out in ("tests", "infra", ".venv", ".venv-tools", ".git", "node_modules", "local.settings.json"):
+        assert ignored(left_out), left_out
+
