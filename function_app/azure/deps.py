@@ -21,6 +21,7 @@ from azure.identity import ManagedIdentityCredential
 
 from function_app.azure.deadletter import BlobDeadLetterStore
 from function_app.azure.handlers import Runtime, TenantApi
+from function_app.azure.mirror import AdxMirroredState
 from function_app.azure.queue import StorageContentQueue
 from function_app.azure.storage import container_client, queue_client, storage_credential, table_service
 from function_app.config import AppSettings, app_settings
@@ -105,7 +106,9 @@ async def build_runtime(cfg: AppSettings) -> tuple[Runtime, list[Callable[[], Aw
             )
             clients[root] = client
         apis[tenant.tenant_id] = TenantApi(client, client.api_root, _throttle_counter(client))
-    runtime = Runtime(settings=core, azure=az, state=state, queue=queue, deadletter=deadletter, sink=sink,
+    # Settled ledger rows and runs are also ingested into ADX, so they are countable with KQL.
+    mirrored = AdxMirroredState(state, sink)
+    runtime = Runtime(settings=core, azure=az, state=mirrored, queue=queue, deadletter=deadletter, sink=sink,
                       apis=apis, build_rows=build_rows, clock=utcnow, instance=instance_name())
     log.info("runtime built instance=%s tenants=%d queue=%s adx_database=%s streaming=%s", runtime.instance,
              len(apis), az.content_queue, az.adx_database, az.adx_streaming)

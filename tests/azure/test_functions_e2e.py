@@ -92,6 +92,12 @@ async def _timer_to_adx(h: Harness) -> None:
         if ingestion.table == "AuditRecord":
             assert set(ingestion.rows[0]) == {c.name for c in table.columns}
             keys.extend((str(r["Id"]), int(r["RecordType"]), str(r["Operation"])) for r in ingestion.rows)
+    # Every settled blob and every planning pass is countable with KQL in ADX too.
+    adx_ledger = [r for i in ingestions if i.table == "ContentLedger" for r in i.rows]
+    assert sorted(r["ContentId"] for r in adx_ledger) == sorted(ledger)
+    assert {r["Status"] for r in adx_ledger} == {"ingested"} and all(r["Records"] > 0 for r in adx_ledger)
+    adx_runs = [r for i in ingestions if i.table == "CollectorRun" for r in i.rows]
+    assert len(adx_runs) == 2 * 5 and {r["TenantId"] for r in adx_runs} == {TENANT}
     twice = [k for k, n in per_blob_table.items() if n > 1]
     assert not twice, f"blobs ingested more than once: {twice[:3]}"
     # The service re-delivers some records in a second blob; the de-duplicating view drops those.

@@ -1,0 +1,109 @@
+"""Ledger and run history mirrored into ADX, so "every blob ends ingested, failed or
+expired" is countable with KQL next to the records, not only in Table Storage.
+
+Table Storage stays the source of truth for the collector (claims, ETags); ADX receives one
+``ContentLedger`` row each time a blob settles and one ``CollectorRun`` row per planning pass.
+A blob that settles twice (failed, then replayed) has two ledger rows in ADX: the current
+status is the latest, ``arg_max(coalesce(IngestedAt, FetchedAt, ListedAt), *)`` per blob.
+A mirror write that fails is logged and does not fail the blob: the rows are already safe.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from function_app.core.model import TERMINAL_STATUSES, BlobStatus, Checkpoint, ContentBlob, RunStats
+from function_app.core.ports import ClaimingStateStore, Sink
+from function_app.lake.schema import COLLECTOR_RUN, CONTENT_LEDGER
+
+log = logging.getLogger(__name__)
+
+
+def ledger_row(blob: ContentBlob, props: dict[str, Any] | None) -> dict[str, Any]:
+    """A ContentLedger row from the blob and its Table Storage properties."""
+    props = props or {}
+    row: dict[str, Any] = {c: props.get(c) for c in CONTENT_LEDGER.column_names}
+    row.update(TenantId=blob.tenant_id, ContentType=blob.content_type, ContentId=blob.content_id,
+               ContentUri=blob.content_uri, ContentCreated=blob.content_created,
+               ContentExpiration=blob.content_expiration)
+    return row
+
+
+def run_row(run: RunStats) -> dict[str, Any]:
+    """A CollectorRun row from a planning pass."""
+    return {
+        "RunId": run.run_id, "StartedAt": run.started_at, "FinishedAt": run.finished_at,
+        "TenantId": run.tenant_id, "ContentType": run.content_type, "WindowStart": run.window_start,
+        "WindowEnd": run.window_end, "Pages": run.pages, "BlobsListed": run.blobs_listed,
+        "BlobsNew": run.blobs_new, "Throttled": run.throttled, "Errors": list(run.errors),
+    }
+
+
+class AdxMirroredState:
+    """A ClaimingStateStore that also ingests settled ledger rows and runs into *sink*."""
+
+    def __init__(self, inner: ClaimingStateStore, sink: Sink) -> None:
+        self._inner = inner
+        self._sink = sink
+
+    async def mark(
+        self,
+        blob: ContentBlob,
+        status: BlobStatus,
+        *,
+        at: datetime,
+        records: int | None = None,
+        size: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        await self._inner.mark(blob, status, at=at, records=records, size=size, error=error)
+        if status in TERMINAL_STATUSES:
+            try:
+                row = ledger_row(blob, await self._inner.ledger_row(blob))
+                await self._sink.write_blob(blob, {CONTENT_LEDGER.name: [row]})
+            except Exception as exc:  # the Table row is written; ADX only lacks a copy
+                log.error("ledger mirror failed tenant_id=%s content_type=%s content_id=%s error=%s",
+                          blob.tenant_id, blob.content_type, blob.content_id, exc)
+
+    async def record_run(self, run: RunStats) -> None:
+        await self._inner.record_run(run)
+        # The sink names an ingestion after a blob; a run is its own pseudo-blob.
+        pseudo = ContentBlob(run.tenant_id, run.content_type, f"run:{run.run_id}", "", run.started_at,
+                             run.started_at)
+        try:
+            await self._sink.write_blob(pseudo, {COLLECTOR_RUN.name: [run_row(run)]})
+        except Exception as exc:
+            log.error("run mirror failed tenant_id=%s content_type=%s run_id=%s error=%s",
+                      run.tenant_id, run.content_type, run.run_id, exc)
+
+    # -- plain delegation -----------------------------------------------------------------
+
+    async def get_checkpoint(self, tenant_id: str, content_type: str) -> Checkpoint | None:
+        return await self._inner.get_checkpoint(tenant_id, content_type)
+
+    async def save_checkpoint(self, checkpoint: Checkpoint) -> Checkpoint:
+        return await self._inner.save_checkpoint(checkpoint)
+
+    async def register_listed(self, blobs: Sequence[ContentBlob], listed_at: datetime) -> list[ContentBlob]:
+        return await self._inner.register_listed(blobs, listed_at)
+
+    async def mark_queued(self, blobs: Sequence[ContentBlob]) -> None:
+        await self._inner.mark_queued(blobs)
+
+    async def pending(self, tenant_id: str, content_type: str) -> list[ContentBlob]:
+        return await self._inner.pending(tenant_id, content_type)
+
+    async def claim(self, blob: ContentBlob, owner: str, lease: timedelta, now: datetime) -> bool:
+        return await self._inner.claim(blob, owner, lease, now)
+
+    async def release(self, blob: ContentBlob, owner: str) -> None:
+        await self._inner.release(blob, owner)
+
+    async def ledger_row(self, blob: ContentBlob) -> dict[str, Any] | None:
+        return await self._inner.ledger_row(blob)
+
+    async def failed(self, tenant_id: str | None = None) -> list[ContentBlob]:
+        return await self._inner.failed(tenant_id)
