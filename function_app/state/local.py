@@ -76,11 +76,11 @@ class LocalStateStore:
                             if known.get((b.tenant_id, b.content_type, b.content_id)) == BlobStatus.LISTED.value]
             if new:
                 # One statement for the window: DuckDB pays milliseconds per statement.
-                rows = [{"TenantId": b.tenant_id, "ContentType": b.content_type, "ContentId": b.content_id,
-                         "ContentUri": b.content_uri, "ContentCreated": b.content_created,
-                         "ContentExpiration": b.content_expiration, "ListedAt": listed_at,
-                         "Status": BlobStatus.LISTED.value, "Attempts": 0} for b in new]
-                insert_tables(con, {CONTENT_LEDGER.name: rows})
+                ledger_rows = [{"TenantId": b.tenant_id, "ContentType": b.content_type, "ContentId": b.content_id,
+                                "ContentUri": b.content_uri, "ContentCreated": b.content_created,
+                                "ContentExpiration": b.content_expiration, "ListedAt": listed_at,
+                                "Status": BlobStatus.LISTED.value, "Attempts": 0} for b in new]
+                insert_tables(con, {CONTENT_LEDGER.name: ledger_rows})
             return new + never_handed
 
         return await self._lake.run(q)
