@@ -148,11 +148,14 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 
 def cmd_flatten(args: argparse.Namespace) -> int:
-    from function_app.records.flatten import BlobContext, flatten_blob
+    from function_app.lake.schema import RECORD_TABLES
+    from function_app.records.flatten import BlobContext
     from function_app.records.reader import read_records
+    from function_app.records.tables import flatten_tables
 
-    if args.table != "AuditRecord":
-        raise CliError(f"--table {args.table}: flatten produces AuditRecord only in this version")
+    if args.table not in RECORD_TABLES:
+        raise CliError(f"--table {args.table}: flatten produces {', '.join(RECORD_TABLES)}; "
+                       "ContentLedger and CollectorRun record collection, not records")
     data = sys.stdin.buffer.read() if args.input in (None, "-") else Path(args.input).read_bytes()
     try:
         records = read_records(data)
@@ -161,7 +164,8 @@ def cmd_flatten(args: argparse.Namespace) -> int:
     ctx = BlobContext(tenant_id=args.tenant_id or "", content_type=args.content_type or "",
                       content_id=args.content_id or "", content_created=None, ingested_at=datetime.now(UTC))
     out = sys.stdout.buffer
-    for row in flatten_blob(records, ctx):
+    # The input is one batch, as a content blob is: SchemaObservation rows fold all its records.
+    for row in flatten_tables(records, ctx, (args.table,))[args.table]:
         out.write(orjson.dumps(row, option=orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC))
         out.write(b"\n")
     return 0

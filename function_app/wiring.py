@@ -16,7 +16,8 @@ from function_app.o365.auth import TokenProvider, token_provider_from_env
 from function_app.o365.client import ManagementApiClient
 from function_app.o365.clouds import Cloud
 from function_app.o365.retry import RetryPolicy
-from function_app.records.flatten import BlobContext, flatten_blob
+from function_app.records.flatten import BlobContext
+from function_app.records.tables import flatten_tables
 
 
 def utcnow() -> datetime:
@@ -26,7 +27,9 @@ def utcnow() -> datetime:
 def build_rows(
     records: list[Any], blob: ContentBlob, fetched_at: datetime
 ) -> Mapping[str, Sequence[Mapping[str, Any]]]:
-    """The rows of every table for one blob (the derived tables join this map later)."""
+    """The rows of every table built from one blob's records: ``AuditRecord`` (one row per record),
+    ``MailItemAccess``, ``DirectoryChange``, ``SignIn`` and ``SchemaObservation``; never raises on
+    record content."""
     ctx = BlobContext(
         tenant_id=blob.tenant_id,
         content_type=blob.content_type,
@@ -34,7 +37,7 @@ def build_rows(
         content_created=blob.content_created,
         ingested_at=fetched_at,
     )
-    return {"AuditRecord": flatten_blob(records, ctx)}
+    return flatten_tables(records, ctx)
 
 
 def api_root_for(settings: Settings) -> str:

@@ -27,7 +27,7 @@ import orjson
 import pyarrow as pa
 
 from function_app.core.model import ContentBlob, WriteResult
-from function_app.lake.schema import TABLES, TABLES_BY_NAME, Kind, Table, duckdb_ddl
+from function_app.lake.schema import TABLES, TABLES_BY_NAME, Kind, Table, duckdb_ddl, duckdb_insert
 
 T = TypeVar("T")
 
@@ -76,17 +76,25 @@ def to_arrow(table: Table, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
 def insert_tables(
     con: duckdb.DuckDBPyConnection, tables: Mapping[str, Sequence[Mapping[str, Any]]]
 ) -> WriteResult:
-    """Insert every table's rows (inside the caller's transaction); existing keys are skipped."""
+    """Insert every table's rows (inside the caller's transaction); existing keys are skipped.
+
+    Aggregate tables (``SchemaObservation``) are merged into the stored rows instead (see
+    ``duckdb_insert``); they count neither as inserted nor as duplicates, being tallies, not rows
+    of the blob.
+    """
     inserted = duplicates = 0
     for name, rows in tables.items():
         if not rows:
             continue
-        batch = to_arrow(TABLES_BY_NAME[name], rows)
+        table = TABLES_BY_NAME[name]
+        batch = to_arrow(table, rows)
         con.register("_batch", batch)
         try:
-            row = con.execute(f'INSERT OR IGNORE INTO "{name}" SELECT * FROM _batch').fetchone()
+            row = con.execute(duckdb_insert(table, "_batch")).fetchone()
         finally:
             con.unregister("_batch")
+        if table.is_aggregate:
+            continue
         count = int(row[0]) if row else 0
         inserted += count
         duplicates += len(rows) - count

@@ -379,12 +379,15 @@ def _text_value(value: Any, name: str, quality: list[str]) -> str | None:
     return _as_text(value)
 
 
-def _as_text(value: Any) -> str:
-    """JSON text of a non-string value (``7`` -> ``"7"``), so a string column can hold it."""
+def as_text(value: Any) -> str:
+    """JSON text of a non-string value (``7`` -> ``"7"``), so a string column can hold it; never raises."""
     try:
         return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError):
         return _safe_repr(value)
+
+
+_as_text = as_text
 
 
 def _surrogate_id(value: Any) -> str:

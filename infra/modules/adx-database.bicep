@@ -42,6 +42,8 @@ resource database 'Microsoft.Kusto/clusters/databases@2024-04-13' = {
 // contract test fails while a .kql file under infra/kql is not listed.
 var kqlScripts = [
   { name: 'tables', content: loadTextContent('../kql/tables.kql') }
+  { name: 'policies', content: loadTextContent('../kql/policies.kql') }
+  { name: 'views', content: loadTextContent('../kql/views.kql') }
 ]
 
 // One at a time, in list order: ADX runs one database script at a time anyway.
