@@ -113,11 +113,6 @@ def _isolated(con: duckdb.DuckDBPyConnection, fn: Callable[[duckdb.DuckDBPyConne
         return False, exc
 
 
-def _one(con: duckdb.DuckDBPyConnection, fn: Callable[[duckdb.DuckDBPyConnection], Any]) -> Exception:
-    ok, value = _isolated(con, fn)
-    return value if not ok else RuntimeError("operation failed in a batch and succeeded alone")
-
-
 class LocalLake:
     """A DuckDB lake file; safe to share between coroutines of one process."""
 
@@ -185,8 +180,7 @@ class LocalLake:
                 return results
             except Exception:
                 con.execute("ROLLBACK")
-                if len(fns) == 1:
-                    return [(False, _one(con, fns[0]))]
+            # Whatever committed alone is reported as done: its caller must not retry it.
             return [_isolated(con, fn) for fn in fns]
 
     # -- Sink ---------------------------------------------------------------------------

@@ -251,24 +251,10 @@ def _flatten_object(record: dict[Any, Any], ctx: BlobContext) -> dict[str, Any]:
         context = next((c for c in context if type(c) is dict), None)
     if type(context) is not dict:
         context = None
-    app_id = get("AppId")
-    if app_id is None or app_id == "":
-        app_id = get("ApplicationId")
-        if (app_id is None or app_id == "") and context is not None:
-            app_id = context.get("ClientAppId")
-        if app_id == "":
-            app_id = None
-    if app_id is not None and type(app_id) is not str:
-        app_id = _as_text(app_id)
-        add("AppId:not-a-string")
-    session_id = get("SessionId")
-    if (session_id is None or session_id == "") and context is not None:
-        session_id = context.get("AADSessionId")
-    if session_id == "":
-        session_id = None
-    if session_id is not None and type(session_id) is not str:
-        session_id = _as_text(session_id)
-        add("SessionId:not-a-string")
+    app_id = _first_text("AppId", add, get("AppId"), get("ApplicationId"),
+                         context.get("ClientAppId") if context is not None else None)
+    session_id = _first_text("SessionId", add, get("SessionId"),
+                             context.get("AADSessionId") if context is not None else None)
 
     tenant = ctx.tenant_id
     organization = get("OrganizationId")
@@ -377,6 +363,15 @@ def _text_value(value: Any, name: str, quality: list[str]) -> str | None:
         return value
     quality.append(name + ":not-a-string")
     return _as_text(value)
+
+
+def _first_text(column: str, add: Callable[[str], None], *candidates: Any) -> str | None:
+    """The first candidate that is neither None nor empty, as text; a non-string is flagged."""
+    value = next((v for v in candidates if v is not None and v != ""), None)
+    if value is not None and type(value) is not str:
+        add(f"{column}:not-a-string")
+        return _as_text(value)
+    return value
 
 
 def as_text(value: Any) -> str:
