@@ -1,0 +1,114 @@
+"""The local lake's batched writes: one statement per table per commit group, counted per blob."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from function_app.core.model import BlobStatus, ContentBlob
+from function_app.lake.duckdb_lake import LocalLake, insert_blobs, to_arrow
+from function_app.lake.schema import AUDIT_RECORD, CONTENT_LEDGER
+from function_app.records.flatten import BlobContext
+from function_app.records.tables import flatten_tables
+from function_app.state.local import LocalStateStore
+
+T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+
+
+def record(n: int, operation: str = "FileAccessed") -> dict[str, Any]:
+    return {"Id": f"00000000-0000-0000-0000-{n:012d}", "RecordType": 6, "Operation": operation,
+            "CreationTime": "2026-11-20T07:00:00", "UserId": "a@contoso.example", "Workload": "SharePoint"}
+
+
+def blob_tables(content_id: str, records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    ctx = BlobContext("t", "Audit.SharePoint", content_id, T0, T0)
+    return flatten_tables(records, ctx)
+
+
+def blob(content_id: str) -> ContentBlob:
+    return ContentBlob("t", "Audit.SharePoint", content_id, f"https://x/{content_id}", T0, T0 + timedelta(days=7))
+
+
+def test_blobs_of_one_batch_are_counted_each_as_if_inserted_in_order(tmp_path: Path) -> None:
+    lake = LocalLake(tmp_path / "l.duckdb")
+    lake.write_tables(blob_tables("old", [record(1)]))
+    with lake.locked() as con:
+        results = insert_blobs(con, [
+            blob_tables("a", [record(1), record(2), record(3)]),   # 1 is already in the lake
+            blob_tables("b", [record(3), record(4)]),              # 3 came with blob a
+            blob_tables("c", [record(4, "FileModified")]),         # another operation: a record of its own
+        ])
+        stored = con.execute('SELECT "Id", "ContentId" FROM "AuditRecord" ORDER BY "Id", "Operation"').fetchall()
+    assert [(r.inserted, r.duplicates) for r in results] == [(2, 1), (1, 1), (1, 0)]
+    # The first delivery of a key is the one kept.
+    assert [cid for _, cid in stored] == ["old", "a", "a", "b", "c"]
+
+
+def test_rows_are_read_by_name_when_their_keys_are_not_the_columns_in_order() -> None:
+    rows = blob_tables("a", [record(1), record(2)])["AuditRecord"]
+    shuffled = [dict(reversed(list(r.items()))) for r in rows]
+    missing = [{k: v for k, v in r.items() if k != "UserKey"} for r in rows]
+    same = to_arrow(AUDIT_RECORD, rows)
+    assert to_arrow(AUDIT_RECORD, shuffled).equals(same)
+    assert to_arrow(AUDIT_RECORD, missing).column("UserKey").null_count == 2
+    assert to_arrow(AUDIT_RECORD, []).num_rows == 0
+
+
+def test_aware_datetimes_are_stored_as_utc_and_naive_ones_as_given() -> None:
+    plus_two = timezone(timedelta(hours=2))
+    rows = [{"TenantId": "t", "ContentType": "c", "ContentId": "x", "ContentCreated": datetime(2026, 1, 1, 12,
+             tzinfo=plus_two), "ListedAt": datetime(2026, 1, 1, 12)}]
+    table = to_arrow(CONTENT_LEDGER, rows)
+    assert table.column("ContentCreated")[0].as_py() == datetime(2026, 1, 1, 10)
+    assert table.column("ListedAt")[0].as_py() == datetime(2026, 1, 1, 12)
+
+
+def test_writes_and_ledger_marks_submitted_together_share_statements_and_survive_a_bad_neighbour(
+    tmp_path: Path,
+) -> None:
+    lake = LocalLake(tmp_path / "l.duckdb")
+    state = LocalStateStore(lake)
+    blobs = [blob(f"b{i}") for i in range(6)]
+
+    async def go() -> list[Any]:
+        await state.register_listed(blobs, T0)
+        writes = [lake.write_blob(b, blob_tables(b.content_id, [record(i), record(100)]))
+                  for i, b in enumerate(blobs)]
+        bad = lake.write_blob(blobs[0], {"NoSuchTable": [{"x": 1}]})
+        marks = [state.mark(b, BlobStatus.INGESTED, at=T0, records=2, size=10) for b in blobs]
+        return await asyncio.gather(*writes, bad, *marks, return_exceptions=True)
+
+    results = asyncio.run(go())
+    assert isinstance(results[6], KeyError)
+    written = results[:6]
+    assert sum(r.inserted for r in written) == 7 and sum(r.duplicates for r in written) == 5
+    with lake.locked() as con:
+        ledger = con.execute('SELECT "Status", "Attempts", "Records" FROM "ContentLedger"').fetchall()
+        assert con.execute('SELECT count(*) FROM "AuditRecord"').fetchone() == (7,)
+    assert sorted(ledger) == [("ingested", 1, 2)] * 6
+
+
+def test_a_blob_marked_twice_in_one_group_keeps_the_last_mark_and_counts_both(tmp_path: Path) -> None:
+    lake = LocalLake(tmp_path / "l.duckdb")
+    state = LocalStateStore(lake)
+    b = blob("x")
+
+    async def go() -> None:
+        await state.register_listed([b], T0)
+        await asyncio.gather(state.mark(b, BlobStatus.FAILED, at=T0, error="boom"),
+                             state.mark(b, BlobStatus.INGESTED, at=T0 + timedelta(minutes=1), records=3))
+
+    asyncio.run(go())
+    with lake.locked() as con:
+        row = con.execute('SELECT "Status", "Attempts", "Error", "Records", "IngestedAt" '
+                          'FROM "ContentLedger"').fetchone()
+    assert row == ("ingested", 2, None, 3, datetime(2026, 11, 20, 8, 1))
+
+
+def test_a_read_only_lake_needs_an_existing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no lake"):
+        LocalLake(tmp_path / "none.duckdb", read_only=True)
