@@ -65,11 +65,19 @@ def iso_z(dt: datetime) -> str:
 
 
 def run_kql(con: Any, text: str) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
-    """(column names, DuckDB type names, rows) of a KQL query on a lake connection."""
+    """(column names, DuckDB type names, rows) of a KQL query on a lake connection.
+
+    The functions of infra/kql/functions are callable by name, as they are on ADX.
+    """
     import duckdb_kql
 
+    from function_app.lake.kql_functions import KqlFunctionsError, register_functions
+
     try:
+        register_functions(text)
         rel = duckdb_kql.kql(con, text)
+    except KqlFunctionsError as exc:
+        raise CliError(f"KQL functions: {exc}") from exc
     except duckdb_kql.KqlError as exc:
         raise CliError(f"KQL: {exc}") from exc
     return list(rel.columns), [str(t) for t in rel.types], rel.fetchall()

@@ -44,6 +44,15 @@ var kqlScripts = [
   { name: 'tables', content: loadTextContent('../kql/tables.kql') }
   { name: 'policies', content: loadTextContent('../kql/policies.kql') }
   { name: 'views', content: loadTextContent('../kql/views.kql') }
+  { name: 'function-AuditLatency', content: loadTextContent('../kql/functions/AuditLatency.kql') }
+  { name: 'function-AuditTampering', content: loadTextContent('../kql/functions/AuditTampering.kql') }
+  { name: 'function-LedgerHealth', content: loadTextContent('../kql/functions/LedgerHealth.kql') }
+  { name: 'function-LicenseChanges', content: loadTextContent('../kql/functions/LicenseChanges.kql') }
+  { name: 'function-LogFlowGaps', content: loadTextContent('../kql/functions/LogFlowGaps.kql') }
+  { name: 'function-MessagesRead', content: loadTextContent('../kql/functions/MessagesRead.kql') }
+  { name: 'function-OfficeActivity', content: loadTextContent('../kql/functions/OfficeActivity.kql') }
+  { name: 'function-SchemaDrift', content: loadTextContent('../kql/functions/SchemaDrift.kql') }
+  { name: 'function-ServicePrincipalActivity', content: loadTextContent('../kql/functions/ServicePrincipalActivity.kql') }
 ]
 
 // One at a time, in list order: ADX runs one database script at a time anyway.
