@@ -94,6 +94,9 @@ class Pipeline:
                         log.info("re-driving %d blobs left listed tenant_id=%s content_type=%s",
                                  len(left_behind), tenant, ctype)
                         await hand_off(left_behind)
+                        # Mark them handed on before the planners re-list their windows, or the
+                        # ledger still says `listed` and the same blobs are handed on twice.
+                        await self._state.mark_queued(left_behind)
             # Content types list concurrently: each is its own feed with its own checkpoint.
             runs = await asyncio.gather(*(
                 planner.run(PlanRequest(tenant, ctype, since=since, force_sweep=sweep))

@@ -3,18 +3,21 @@
 A :class:`FaultSpec` is parsed from a short string (the CLI's ``--faults``); a
 :class:`FaultInjector` turns it into per-request decisions drawn from one seeded
 ``random.Random`` so a sequential client sees the same faults on every run.
-Blob-level faults (late, expired, cutoff) are fixed once per tenant by
-:func:`apply_blob_faults`, also from the seed.
+Blob-level faults (late, expired, cutoff, malformed, oversize, dupblobs) are fixed once
+per tenant by :func:`apply_blob_faults`, also from the seed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import random
 from collections import Counter
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
 
 if TYPE_CHECKING:
     from function_app.emulator.tenant import SyntheticTenant
@@ -27,14 +30,27 @@ T = TypeVar("T")
 # what makes a case-sensitive header lookup fail fast in tests.
 PAGE_HEADER_SPELLINGS: tuple[str, ...] = ("nextpageuri", "NEXTPAGEURI", "NextPageUri")
 
+# A padded ``oversize`` blob is at least this big: above any limit a test sets with
+# AUDITLAKE_MAX_BLOB_BYTES, far below the collector's default of 256 MiB.
+OVERSIZE_BYTES = 2 * 1024 * 1024
+
+# Request faults in the order their probabilities are stacked on one draw; new kinds go at
+# the end so an existing spec keeps drawing the same faults for the same seed.
+REQUEST_FAULTS: tuple[str, ...] = ("throttle", "throttle429", "5xx", "gateway", "reset")
+
 _PROBABILITY_KEYS = {
     "throttle": "throttle",
     "throttle429": "throttle429",
     "5xx": "server_error",
+    "gateway": "gateway",
+    "reset": "reset",
     "truncate": "truncate",
     "late": "late",
+    "dupblobs": "dupblobs",
 }
-_COUNT_KEYS = {"expired": "expired", "cutoff": "cutoff"}
+_COUNT_KEYS = {"expired": "expired", "cutoff": "cutoff", "malformed": "malformed", "oversize": "oversize"}
+# Counts that only mean something from 1 up; the field default stands for "off".
+_POSITIVE_KEYS = {"burst": "burst", "pagesize": "pagesize"}
 _FLAG_KEYS = {"shuffle": "shuffle", "headercase": "headercase"}
 _TRUE = {"", "1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -61,10 +77,21 @@ class FaultSpec:
     """Which faults the emulator injects, and how often.
 
     Grammar: comma-separated items, each ``key=value`` or a bare flag; ``""`` means none.
-    ``throttle=P``, ``throttle429=P``, ``5xx=P``, ``truncate=P``, ``late=P`` take a
-    probability in [0, 1]; ``slow=P:SECONDS`` (SECONDS defaults to 1); ``expired=N`` and
-    ``cutoff=N`` take a blob count per tenant; ``shuffle`` and ``headercase`` are flags
-    (``=0``/``=false`` turns them off).
+
+    Per request, a probability in [0, 1]: ``throttle=P`` (HTTP 403 + AF429),
+    ``throttle429=P`` (HTTP 429 + AF429 + ``Retry-After``), ``5xx=P`` (500/503 + AF50000),
+    ``gateway=P`` (502/504 with an HTML body and no AF code, as a front end answers),
+    ``reset=P`` (the connection is closed: before any answer, or halfway through the body),
+    ``truncate=P`` (a blob body cut short once), ``slow=P:SECONDS`` (SECONDS defaults to 1).
+    ``burst=N`` repeats each throttle/throttle429/5xx/gateway/reset fault on the next N-1
+    API requests as well, so faults come in runs, as a spent quota or an outage does.
+
+    Per blob: ``late=P`` (hidden from the first listing that covers it), ``dupblobs=P``
+    (listed twice in its own listing, and again by a window that starts within 6 h after
+    it); ``expired=N``, ``cutoff=N`` (always cut off), ``malformed=N`` (always corrupt
+    JSON) and ``oversize=N`` (padded to at least :data:`OVERSIZE_BYTES`) take a blob count
+    per tenant. ``pagesize=N`` pages listings every N items. ``shuffle`` and ``headercase``
+    are flags (``=0``/``=false`` turns them off).
     """
 
     throttle: float = 0.0
@@ -78,6 +105,13 @@ class FaultSpec:
     expired: int = 0
     cutoff: int = 0
     headercase: bool = False
+    gateway: float = 0.0
+    reset: float = 0.0
+    burst: int = 1
+    malformed: int = 0
+    oversize: int = 0
+    dupblobs: float = 0.0
+    pagesize: int = 0
 
     @classmethod
     def parse(cls, spec: str) -> FaultSpec:
@@ -103,14 +137,16 @@ class FaultSpec:
                 raise ValueError(f"fault {key!r} needs a value" if _known(key) else f"unknown fault {key!r}")
             elif key in _PROBABILITY_KEYS:
                 values[_PROBABILITY_KEYS[key]] = _probability(key, raw)
-            elif key in _COUNT_KEYS:
+            elif key in _COUNT_KEYS or key in _POSITIVE_KEYS:
                 try:
                     count = int(raw)
                 except ValueError:
                     raise ValueError(f"fault {key!r}: {raw!r} is not a whole number") from None
+                if key in _POSITIVE_KEYS and count < 1:
+                    raise ValueError(f"fault {key!r}: {count} is less than 1")
                 if count < 0:
                     raise ValueError(f"fault {key!r}: {count} is negative")
-                values[_COUNT_KEYS[key]] = count
+                values[{**_COUNT_KEYS, **_POSITIVE_KEYS}[key]] = count
             elif key == "slow":
                 prob, _, secs = raw.partition(":")
                 values["slow"] = _probability(key, prob)
@@ -132,7 +168,7 @@ class FaultSpec:
     def __str__(self) -> str:
         """The canonical spec string; ``FaultSpec.parse(str(spec)) == spec``."""
         parts: list[str] = []
-        names = {v: k for k, v in {**_PROBABILITY_KEYS, **_COUNT_KEYS}.items()}
+        names = {v: k for k, v in {**_PROBABILITY_KEYS, **_COUNT_KEYS, **_POSITIVE_KEYS}.items()}
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "slow_seconds" or value == f.default:
@@ -147,7 +183,8 @@ class FaultSpec:
 
 
 def _known(key: str) -> bool:
-    return key in _PROBABILITY_KEYS or key in _COUNT_KEYS or key in _FLAG_KEYS or key == "slow"
+    return (key in _PROBABILITY_KEYS or key in _COUNT_KEYS or key in _POSITIVE_KEYS or key in _FLAG_KEYS
+            or key == "slow")
 
 
 class FaultInjector:
@@ -162,29 +199,53 @@ class FaultInjector:
         self.rng = random.Random(stable_seed(seed, "requests"))
         self.injected: Counter[str] = Counter()
         self._5xx_turn = 0
+        self._gateway_turn = 0
         self._header_turn = 0
+        self._burst_kind: str | None = None
+        self._burst_left = 0
 
     def request_fault(self) -> str | None:
-        """``"throttle"``, ``"throttle429"``, ``"5xx"`` or None for this API request."""
+        """One of :data:`REQUEST_FAULTS` or None for this API request.
+
+        While a burst runs no random number is drawn, so the faults after it are the same
+        whatever the burst length.
+        """
+        if self._burst_left and self._burst_kind is not None:
+            self._burst_left -= 1
+            self.injected[self._burst_kind] += 1
+            return self._burst_kind
         s = self.spec
-        if not (s.throttle or s.throttle429 or s.server_error):
+        chances = (s.throttle, s.throttle429, s.server_error, s.gateway, s.reset)
+        if not any(chances):
             return None
         u = self.rng.random()
         kind: str | None = None
-        if u < s.throttle:
-            kind = "throttle"
-        elif u < s.throttle + s.throttle429:
-            kind = "throttle429"
-        elif u < s.throttle + s.throttle429 + s.server_error:
-            kind = "5xx"
+        edge = 0.0
+        for name, chance in zip(REQUEST_FAULTS, chances, strict=True):
+            edge += chance
+            if u < edge:
+                kind = name
+                break
         if kind:
             self.injected[kind] += 1
+            if s.burst > 1:
+                self.injected["burst"] += 1
+                self._burst_kind, self._burst_left = kind, s.burst - 1
         return kind
 
     def server_error_status(self) -> int:
         """500 and 503 in alternation, so clients see both."""
         self._5xx_turn += 1
         return 500 if self._5xx_turn % 2 else 503
+
+    def gateway_status(self) -> int:
+        """502 and 504 in alternation: a front end's answers, not the API's."""
+        self._gateway_turn += 1
+        return 502 if self._gateway_turn % 2 else 504
+
+    def reset_mid_body(self) -> bool:
+        """For a ``reset``: True to cut the connection halfway through the body, False before any answer."""
+        return self.rng.random() < 0.5
 
     def delay(self) -> float:
         """Seconds to hold this response back (0 when not slowed)."""
@@ -217,8 +278,20 @@ class FaultInjector:
             next_uri = next_uri.replace("endTime=", "endtime=", 1)
         return name, next_uri
 
+    def duplicate(self, items: list[T], twice: list[T], earlier: list[T]) -> None:
+        """List each of *twice* (members of *items*) a second time at a later position of *items*,
+        which may fall on the same page or a later one, and put *earlier* (blobs of the window
+        before) in front, where their contentCreated would sort them."""
+        for item in twice:
+            at = self.rng.randrange(items.index(item) + 1, len(items) + 1)
+            items.insert(at, item)
+            self.injected["dupblobs"] += 1
+        if earlier:
+            items[:0] = earlier
+            self.injected["dupblobs_window"] += len(earlier)
+
     def record(self, kind: str) -> None:
-        """Count a fault the server applied itself (late, expired, cutoff)."""
+        """Count a fault the server applied itself (late, expired, cutoff, malformed, oversize)."""
         self.injected[kind] += 1
 
 
@@ -230,32 +303,75 @@ def cutoff_body(body: bytes, content_id: str) -> bytes:
     return body[:cut]
 
 
-def apply_blob_faults(tenant: SyntheticTenant, spec: FaultSpec, seed: int) -> None:
-    """Mark the tenant's late, expired and cutoff blobs as *spec* asks, the same way for the same seed.
+def malformed_body(body: bytes, content_id: str) -> bytes:
+    """The permanently corrupt body of a ``malformed`` blob: whole, never valid JSON, always the same.
 
-    Expired and cutoff blobs are chosen among blobs already available at generation time
-    that carry no incident record (so the scripted investigation always has its evidence);
-    the two sets are disjoint. Late blobs are any blobs, the incident's included.
+    One of three corruptions, chosen by the content id: a key followed by ``=`` instead of
+    ``:``, a byte that is not UTF-8 inside a string, or content after the closing bracket.
+    """
+    kind = stable_seed("malformed", content_id) % 3
+    if kind == 0:
+        at = body.find(b'":', len(body) // 2)
+        while at > 0:
+            corrupt = body[:at] + b'"=' + body[at + 2 :]
+            # '":' can sit inside a string value that holds escaped JSON; there '"=' still parses.
+            if not _parses(corrupt):
+                return corrupt
+            at = body.find(b'":', at + 2)
+    first_quote = body.find(b'"')
+    if kind == 1 and first_quote >= 0:
+        return body[: first_quote + 1] + b"\xff" + body[first_quote + 1 :]
+    return body + b' {"Id":'
+
+
+def _parses(body: bytes) -> bool:
+    try:
+        orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def oversize_body(body: bytes) -> bytes:
+    """*body* padded with whitespace inside the array to at least :data:`OVERSIZE_BYTES`: still the
+    same records, valid JSON, too big for a collector with a lower limit."""
+    pad = max(0, OVERSIZE_BYTES - len(body))
+    return body[:1] + b" " * pad + body[1:]
+
+
+def apply_blob_faults(tenant: SyntheticTenant, spec: FaultSpec, seed: int) -> None:
+    """Mark the tenant's faulty blobs as *spec* asks, the same way for the same seed.
+
+    Expired, cutoff, malformed and oversize blobs are chosen among blobs already available
+    at generation time that carry no incident record (so the scripted investigation always
+    has its evidence); the four sets are disjoint. Late and duplicated blobs are any blobs,
+    the incident's included; each fault draws from its own stream, so adding one to a spec
+    leaves the blobs the others chose unchanged.
     """
     rng = random.Random(stable_seed(seed, tenant.tenant_id, "blob-faults"))
     for blob in tenant.blobs:
         blob.late = blob.expired = blob.cutoff = blob.late_hidden = False
+        blob.malformed = blob.oversize = blob.duplicated = False
     if spec.late:
         for blob in tenant.blobs:
             if rng.random() < spec.late:
                 blob.late = True
     eligible = [b for b in tenant.blobs if b.content_created <= tenant.now and not b.has_incident]
-    wanted = min(len(eligible), spec.expired + spec.cutoff)
-    chosen = rng.sample(eligible, wanted)
-    for blob in chosen[: spec.expired]:
-        blob.expired = True
-    for blob in chosen[spec.expired :]:
-        blob.cutoff = True
-    if wanted < spec.expired + spec.cutoff:
+    counts = (spec.expired, spec.cutoff, spec.malformed, spec.oversize)
+    wanted = min(len(eligible), sum(counts))
+    chosen = iter(rng.sample(eligible, wanted))
+    for attribute, count in zip(("expired", "cutoff", "malformed", "oversize"), counts, strict=True):
+        for blob in itertools.islice(chosen, count):
+            setattr(blob, attribute, True)
+    if wanted < sum(counts):
         log.warning(
-            "tenant has only %d eligible blobs for expired=%d cutoff=%d",
+            "tenant has only %d eligible blobs for expired=%d cutoff=%d malformed=%d oversize=%d",
             len(eligible),
-            spec.expired,
-            spec.cutoff,
+            *counts,
             extra={"tenant_id": tenant.tenant_id},
         )
+    if spec.dupblobs:
+        dup_rng = random.Random(stable_seed(seed, tenant.tenant_id, "dupblobs"))
+        for blob in tenant.blobs:
+            if dup_rng.random() < spec.dupblobs:
+                blob.duplicated = True

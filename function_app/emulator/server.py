@@ -17,6 +17,7 @@ import hashlib
 import logging
 import re
 import signal
+import time
 import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -30,12 +31,23 @@ import orjson
 from aiohttp import web
 
 from function_app.core.model import CONTENT_TYPES, iso_z, utc
-from function_app.emulator.faults import FaultInjector, FaultSpec, apply_blob_faults, cutoff_body, stable_seed
+from function_app.emulator.faults import (
+    FaultInjector,
+    FaultSpec,
+    apply_blob_faults,
+    cutoff_body,
+    malformed_body,
+    oversize_body,
+    stable_seed,
+)
 from function_app.emulator.tenant import RETENTION, EmulatedBlob, SyntheticTenant
 
 log = logging.getLogger(__name__)
 
 ZERO_GUID = "00000000-0000-0000-0000-000000000000"
+RETRY_AFTER_SECONDS = 1
+# Timer granularity: a client that slept the full Retry-After may arrive a hair early by our clock.
+_RETRY_AFTER_SLACK = 0.05
 MAX_WINDOW = timedelta(hours=24)
 _FEED = "/api/v1.0/{tenant}/activity/feed"
 _GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -148,6 +160,8 @@ class EmulatorStats:
     unauthorized: int = 0
     window_rejected: int = 0
     max_window_seconds: float = 0.0
+    # Requests repeated sooner than the Retry-After of the 429 that answered them.
+    retry_after_ignored: int = 0
 
     def to_json(self, injected: Counter[str]) -> dict[str, Any]:
         """The ``/_emulator/stats`` body."""
@@ -161,6 +175,7 @@ class EmulatorStats:
             "unauthorized": self.unauthorized,
             "window_rejected": self.window_rejected,
             "max_window_seconds": self.max_window_seconds,
+            "retry_after_ignored": self.retry_after_ignored,
         }
 
 
@@ -171,7 +186,8 @@ def _real_now() -> datetime:
 class EmulatorState:
     """Everything the emulator serves and remembers: tenants, subscriptions, faults, clock, statistics.
 
-    Blob-level faults (late, expired, cutoff) are applied to the tenants here, from *seed*.
+    Blob-level faults (late, expired, cutoff, malformed, oversize, dupblobs) are applied to the
+    tenants here, from *seed*. A ``pagesize`` fault overrides *page_size*.
     """
 
     def __init__(
@@ -190,9 +206,9 @@ class EmulatorState:
             raise ValueError("page_size must be at least 1")
         self.tenants: dict[str, SyntheticTenant] = {t.tenant_id.lower(): t for t in tenants}
         self.faults = faults or FaultSpec()
+        self.page_size = self.faults.pagesize or page_size
         self.seed = seed
         self.clock = clock or _real_now
-        self.page_size = page_size
         self.token = token
         self.base_url = base_url.rstrip("/") if base_url else None
         self.injector = FaultInjector(self.faults, seed)
@@ -203,6 +219,8 @@ class EmulatorState:
         }
         self.listings: OrderedDict[int, Listing] = OrderedDict()
         self._listing_seq = 0
+        # path_qs -> monotonic time before which a repeat ignores the Retry-After it was sent.
+        self.retry_not_before: dict[str, float] = {}
         for tenant in self.tenants.values():
             apply_blob_faults(tenant, self.faults, seed)
 
@@ -264,6 +282,33 @@ def _check_auth(request: web.Request, state: EmulatorState) -> None:
         raise ApiFault(401, "AF10001", "", headers={"WWW-Authenticate": "Bearer"})
 
 
+_GATEWAY_PAGE = "<html><head><title>{0} {1}</title></head><body><h1>{0} {1}</h1></body></html>"
+_GATEWAY_REASONS = {502: "Bad Gateway", 504: "Gateway Timeout"}
+
+
+def _hang_up(request: web.Request) -> web.Response:
+    """Drop the connection without an answer; the response returned is never sent."""
+    if request.transport is not None:
+        request.transport.abort()
+    return web.Response(status=200)
+
+
+async def _cut_mid_body(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """Send *response*'s status, headers and full Content-Length, then only half its body, then close."""
+    body = response.body if isinstance(response, web.Response) else None
+    if not isinstance(body, bytes) or len(body) < 2:
+        return _hang_up(request)
+    cut = web.StreamResponse(status=response.status, headers={
+        k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "transfer-encoding")})
+    cut.content_length = len(body)
+    await cut.prepare(request)
+    await cut.write(body[: len(body) // 2])
+    if request.transport is not None:
+        # close(), not abort(): the half already written must reach the client first.
+        request.transport.close()
+    return cut
+
+
 @web.middleware
 async def _api_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -278,24 +323,41 @@ async def _api_middleware(
         state.stats.publishers[publisher] += 1
     else:
         state.stats.missing_publisher += 1
+    not_before = state.retry_not_before.pop(request.path_qs, None)
+    if not_before is not None and time.monotonic() < not_before - _RETRY_AFTER_SLACK:
+        state.stats.retry_after_ignored += 1
+    fault: str | None = None
+    response: web.StreamResponse
     try:
         _check_auth(request, state)
         fault = state.injector.request_fault()
         if fault == "throttle":
             raise ApiFault(403, "AF429", operation, publisher or ZERO_GUID)
         if fault == "throttle429":
-            raise ApiFault(429, "AF429", operation, publisher or ZERO_GUID, headers={"Retry-After": "1"})
+            state.retry_not_before[request.path_qs] = time.monotonic() + RETRY_AFTER_SECONDS
+            raise ApiFault(429, "AF429", operation, publisher or ZERO_GUID,
+                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
         if fault == "5xx":
             raise ApiFault(state.injector.server_error_status(), "AF50000")
+        if fault == "gateway":
+            status = state.injector.gateway_status()
+            state.stats.errors[str(status)] += 1
+            return web.Response(status=status, content_type="text/html",
+                                text=_GATEWAY_PAGE.format(status, _GATEWAY_REASONS[status]))
+        if fault == "reset" and not state.injector.reset_mid_body():
+            return _hang_up(request)
         delay = state.injector.delay()
         if delay:
             await asyncio.sleep(delay)
         _tenant(request, state)
-        return await handler(request)
+        response = await handler(request)
     except ApiFault as fault_answer:
         state.stats.errors[fault_answer.code] += 1
         log.debug("answering %s %s for %s", fault_answer.status, fault_answer.code, request.path_qs)
-        return _error(fault_answer)
+        response = _error(fault_answer)
+    if fault == "reset":
+        return await _cut_mid_body(request, response)
+    return response
 
 
 # ---------------------------------------------------------------- subscriptions
@@ -391,6 +453,9 @@ def _item(blob: EmulatedBlob, base: str, tenant_id: str, kind: str) -> dict[str,
 
 # How long after contentCreated a "late" blob can still be missing from a listing.
 LATE_HORIZON = timedelta(hours=6)
+# A "dupblobs" blob is listed again by every listing whose window starts within this long
+# after its contentCreated: the same contentId in a second window.
+DUP_REACH = timedelta(hours=6)
 
 
 def _snapshot(state: EmulatorState, tenant: SyntheticTenant, ct: str, start: datetime, end: datetime,
@@ -407,6 +472,11 @@ def _snapshot(state: EmulatorState, tenant: SyntheticTenant, ct: str, start: dat
             state.injector.record("late")
             continue
         items.append(blob)
+    if state.faults.dupblobs:
+        twice = [b for b in items if b.duplicated]
+        earlier = [b for b in tenant.blobs_between(ct, start - DUP_REACH, start)
+                   if b.duplicated and b.content_created <= now < b.content_expiration]
+        state.injector.duplicate(items, twice, earlier)
     state.injector.shuffle(items)
     return items
 
@@ -467,7 +537,7 @@ async def list_notifications(request: web.Request) -> web.Response:
 # -------------------------------------------------------------------- retrieval
 
 
-async def get_blob(request: web.Request) -> web.Response:
+async def get_blob(request: web.Request) -> web.StreamResponse:
     """``GET /audit/{contentId}``: the blob's JSON array, or AF20050 / AF20051 / AF20052."""
     state = request.app[STATE]
     tenant = _tenant(request, state)
@@ -486,9 +556,35 @@ async def get_blob(request: web.Request) -> web.Response:
     if blob.cutoff:
         state.injector.record("cutoff")
         body = cutoff_body(blob.body, blob.content_id)
+    elif blob.malformed:
+        state.injector.record("malformed")
+        body = malformed_body(blob.body, blob.content_id)
+    elif blob.oversize:
+        state.injector.record("oversize")
+        return await _serve_oversize(request, blob)
     else:
         body = state.injector.truncate(blob.body) or blob.body
     return web.Response(body=body, content_type="application/json", charset="utf-8")
+
+
+async def _serve_oversize(request: web.Request, blob: EmulatedBlob) -> web.StreamResponse:
+    """The padded body, with a Content-Length for some blobs and chunked for others, so a
+    collector's size limit is met both before reading and while streaming."""
+    body = oversize_body(blob.body)
+    if stable_seed("oversize", blob.content_id) % 2 == 0:
+        return web.Response(body=body, content_type="application/json", charset="utf-8")
+    response = web.StreamResponse(headers={"Content-Type": "application/json; charset=utf-8"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    step = 64 * 1024
+    try:
+        for offset in range(0, len(body), step):
+            await response.write(body[offset : offset + step])
+        await response.write_eof()
+    except ConnectionError:
+        # The collector refused the blob part way, as it should: nothing more to send.
+        pass
+    return response
 
 
 # ---------------------------------------------------------------- control plane

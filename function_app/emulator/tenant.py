@@ -62,8 +62,9 @@ _USUAL_LAG = timedelta(minutes=60)
 class EmulatedBlob:
     """One content blob: listing metadata, the body exactly as served, and the keys of its records.
 
-    ``late``, ``expired`` and ``cutoff`` are set by fault injection; ``late_hidden`` records
-    that a late blob has already been left out of the one listing it was hidden from.
+    ``late``, ``expired``, ``cutoff``, ``malformed``, ``oversize`` and ``duplicated`` are set
+    by fault injection; ``late_hidden`` records that a late blob has already been left out of
+    the one listing it was hidden from.
     """
 
     content_type: str
@@ -77,15 +78,21 @@ class EmulatedBlob:
     late_hidden: bool = False
     expired: bool = False
     cutoff: bool = False
+    malformed: bool = False
+    oversize: bool = False
+    duplicated: bool = False
 
     @property
     def undeliverable_reason(self) -> str | None:
-        """``"expired"`` or ``"cutoff"`` for a blob whose GET can never succeed, else None."""
-        if self.expired:
-            return "expired"
-        if self.cutoff:
-            return "cutoff"
-        return None
+        """``"expired"``, ``"cutoff"``, ``"malformed"`` or ``"oversize"`` for a blob a collector can
+        never ingest, else None.
+
+        An oversize blob is whole and valid; it counts as undeliverable because the fault exists
+        to exceed a collector's size limit, and a collector within its limit must refuse it.
+        """
+        flags = (("expired", self.expired), ("cutoff", self.cutoff), ("malformed", self.malformed),
+                 ("oversize", self.oversize))
+        return next((reason for reason, flagged in flags if flagged), None)
 
 
 @dataclass(eq=False)
@@ -190,8 +197,8 @@ class SyntheticTenant:
         """Unique record keys a perfect collector would hold for these blobs.
 
         Counted: blobs of *content_type* (all when None) with ``start <= contentCreated < end``
-        and ``contentCreated <= available_at`` that can be retrieved (not ``expired`` or
-        ``cutoff``). Natural expiry is not applied: choose *start* accordingly.
+        and ``contentCreated <= available_at`` that can be ingested (no undeliverable_reason).
+        Natural expiry is not applied: choose *start* accordingly.
         """
         keys: set[RecordKey] = set()
         for b in self._select(content_type, start, end, available_at):

@@ -90,8 +90,9 @@ class RetryPolicy:
 
     Every API call is wrapped by ``call``; the last exception is re-raised as itself once the
     attempts run out, never as tenacity's RetryError. A blob body that did not parse is
-    re-fetched at most ``malformed_attempts`` times in all, since a body that is really corrupt
-    stays corrupt.
+    fetched at most ``malformed_attempts`` times in all, since a body that is really corrupt
+    stays corrupt; only those attempts count toward it, so throttling or a 5xx before a
+    transient cut does not leave the body fewer fetches.
     """
 
     max_attempts: int = 8
@@ -131,9 +132,21 @@ class RetryPolicy:
         Fresh per call because tenacity keeps per-run state on the controller, and concurrent
         coroutines on one loop would otherwise share it.
         """
+        incomplete = 0
+
+        def should_stop(state: RetryCallState) -> bool:
+            nonlocal incomplete
+            if state.attempt_number >= self.max_attempts:
+                return True
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if isinstance(exc, IncompleteContentError):
+                incomplete += 1
+                return incomplete >= self.malformed_attempts
+            return False
+
         return AsyncRetrying(
             sleep=self.sleep,
-            stop=self._should_stop,
+            stop=should_stop,
             wait=self._wait,
             retry=retry_if_exception(is_transient),
             after=self._count,
@@ -150,12 +163,6 @@ class RetryPolicy:
                 self.stats.gave_up += 1
                 log.warning("giving up %s: %s", label, _describe(exc))
             raise
-
-    def _should_stop(self, state: RetryCallState) -> bool:
-        if state.attempt_number >= self.max_attempts:
-            return True
-        exc = state.outcome.exception() if state.outcome is not None else None
-        return isinstance(exc, IncompleteContentError) and state.attempt_number >= self.malformed_attempts
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None

@@ -148,6 +148,27 @@ def test_incomplete_content_is_refetched_only_a_few_times() -> None:
     assert len(calls) == 3
 
 
+def test_throttling_before_a_cut_off_body_does_not_use_up_its_refetches() -> None:
+    # A burst of throttling, then one transient cut: the body still gets all its re-fetches.
+    sleep = FakeSleep()
+    errors: list[BaseException] = [ThrottledError("AF429"), RetryableError("AF50000"),
+                                   IncompleteContentError("cut once")]
+    fn, calls = failing(errors)
+    assert asyncio.run(policy(sleep, max_attempts=8, malformed_attempts=2).call(fn)) == "ok"
+    assert len(calls) == 4
+
+
+def test_only_cut_off_bodies_count_toward_the_refetch_limit() -> None:
+    sleep = FakeSleep()
+    errors: list[BaseException] = [IncompleteContentError("cut 0"), ThrottledError("AF429"),
+                                   IncompleteContentError("cut 1"), ThrottledError("AF429"),
+                                   IncompleteContentError("cut 2"), IncompleteContentError("cut 3")]
+    fn, calls = failing(errors)
+    with pytest.raises(IncompleteContentError, match="cut 2"):
+        asyncio.run(policy(sleep, max_attempts=8, malformed_attempts=3).call(fn))
+    assert len(calls) == 5
+
+
 def test_retry_after_seconds_is_honoured_and_capped() -> None:
     sleep = FakeSleep()
     short = classify(429, b"", {"Retry-After": "0.25"}).error
