@@ -110,7 +110,7 @@ class _Known:
 class _TopLevel:
     """What one top-level signature (group, keys, value types) implies, worked out once."""
 
-    __slots__ = ("by_sizes", "container_keys", "containers", "flat")
+    __slots__ = ("by_sizes", "container_keys", "containers", "flat", "named")
 
     def __init__(self, keys: tuple[Any, ...], types: tuple[type, ...]) -> None:
         self.container_keys = tuple(k for k, t in zip(keys, types, strict=True) if t is dict or t is list)
@@ -119,12 +119,27 @@ class _TopLevel:
             itemgetter(*self.container_keys) if self.container_keys else _no_containers
         )
         self.flat = _Known((keys, types, ()), 0) if not self.container_keys else None
+        # Name/value arrays (ModifiedProperties, ...) name their fields in the entries: two
+        # records with arrays of one size can still carry different fields, so the names are
+        # part of what must match before a shape is trusted unwalked.
+        self.named = tuple(i for i, k in enumerate(self.container_keys) if k in _NAMED_ARRAYS)
         # Sizes of the object and array values -> the shape of the record last walked with them.
-        self.by_sizes: dict[tuple[int, ...], _Known] = {}
+        self.by_sizes: dict[tuple[Any, ...], _Known] = {}
 
 
 def _no_containers(record: dict[Any, Any]) -> tuple[()]:
     return ()
+
+
+def _entry_names(entries: Any) -> tuple[Any, ...]:
+    if type(entries) is not list:
+        return ()
+    names = []
+    for entry in entries[:MAX_ARRAY_ITEMS]:
+        name = entry.get("Name") if type(entry) is dict else None
+        # Only text names take part: anything else (unhashable too) stands for "no name".
+        names.append(name if type(name) is str else None)
+    return tuple(names)
 
 
 # Top-level signature -> what it implies. Shared by every observer of the process, so blobs in
@@ -170,7 +185,9 @@ class SchemaObserver:
             containers = top.containers(record)
             if len(top.container_keys) == 1:
                 containers = (containers,)
-            sizes = tuple(map(len, containers))
+            sizes: tuple[Any, ...] = tuple(map(len, containers))
+            if top.named:
+                sizes += tuple(_entry_names(containers[i]) for i in top.named)
             known = top.by_sizes.get(sizes)
             if known is None or known.trust <= 0:
                 inner = tuple(map(_top_container_shape, top.container_keys, containers))

@@ -118,3 +118,19 @@ def test_keys_that_are_not_strings_are_observed_as_text(record: dict[Any, Any]) 
     observer = SchemaObserver(CTX.ingested_at)
     observer.add(record, flatten_record(record, CTX))
     check_rows("SchemaObservation", observer.rows())
+
+
+def test_name_value_entries_of_one_count_but_other_names_are_observed_as_their_own_fields() -> None:
+    def update(names: list[str]) -> dict[str, Any]:
+        return {"Id": f"id-{'-'.join(names)}", "RecordType": 8, "Operation": "Update user.",
+                "CreationTime": "2026-11-20T08:00:00", "Workload": "AzureActiveDirectory",
+                "ModifiedProperties": [{"Name": n, "NewValue": "[]", "OldValue": "[]"} for n in names]}
+
+    observer = SchemaObserver(CTX.ingested_at)
+    batch = [update(["Department", "Included Updated Properties"])] * 3 + \
+        [update(["StrongAuthenticationMethod", "Included Updated Properties"])] * 2
+    for record in batch:
+        observer.add(record, flatten_record(record, CTX))
+    counts = {r["FieldPath"]: r["Records"] for r in observer.rows() if "[" in r["FieldPath"]}
+    assert counts["ModifiedProperties[Department]"] == 3
+    assert counts["ModifiedProperties[StrongAuthenticationMethod]"] == 2
