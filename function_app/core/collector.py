@@ -87,7 +87,7 @@ class Planner:
             checkpoint = await self._catch_up(request, windows, checkpoint, stats)
             last_sweep = checkpoint.last_sweep if checkpoint else None
             if request.force_sweep or sweep_due(last_sweep, now, self._rules):
-                await self._list_windows(request, sweep_windows(now, self._rules), stats)
+                await self._list_windows(request, sweep_windows(now, self._rules, since=request.since), stats)
                 if checkpoint is not None:
                     checkpoint = await self._state.save_checkpoint(
                         Checkpoint(checkpoint.tenant_id, checkpoint.content_type, checkpoint.position,

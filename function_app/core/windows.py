@@ -85,10 +85,18 @@ def plan_windows(
     return split(start, now, rules.max_window)
 
 
-def sweep_windows(now: datetime, rules: PlanningRules) -> list[Window]:
-    """The daily sweep: the last ``sweep_span`` re-listed, so late-listed blobs are found."""
+def sweep_windows(now: datetime, rules: PlanningRules, *, since: datetime | None = None) -> list[Window]:
+    """The daily sweep: the last ``sweep_span`` re-listed, so late-listed blobs are found.
+
+    Never before *since*: a collection asked to start 10 minutes ago must not backfill a day
+    through its sweep.
+    """
     now = _floor_second(now)
     start = max(now - rules.sweep_span, earliest_start(now))
+    if since is not None:
+        start = max(start, utc(since))
+    if start >= now:
+        return []
     return split(start, now, rules.max_window)
 
 

@@ -72,6 +72,15 @@ def test_sweep_covers_the_last_day() -> None:
     assert sweep_due(NOW - timedelta(hours=25), NOW, RULES)
 
 
+def test_the_sweep_never_reaches_before_where_the_collection_was_asked_to_start() -> None:
+    since = NOW - timedelta(minutes=10)
+    windows = sweep_windows(NOW, RULES, since=since)
+    assert windows[0].start == since and windows[-1].end == NOW.replace(microsecond=0)
+    assert sweep_windows(NOW, RULES, since=NOW + timedelta(minutes=1)) == []
+    assert sweep_windows(NOW, RULES, since=NOW - timedelta(days=3))[0].start == NOW.replace(microsecond=0) \
+        - timedelta(hours=24)
+
+
 @pytest.mark.parametrize("kwargs", [
     {"max_window": timedelta(hours=25)}, {"max_window": timedelta(0)}, {"overlap": timedelta(minutes=-1)},
     {"sweep_span": timedelta(days=8)},
