@@ -106,7 +106,7 @@ class Settings:
     retry_base: float = 0.5
     retry_max: float = 60.0
     http_timeout: float = 120.0
-    concurrency: int = 8
+    concurrency: int = 32
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -136,7 +136,7 @@ class Settings:
             retry_base=_number(env, "AUDITLAKE_RETRY_BASE_SECONDS", 0.5),
             retry_max=_number(env, "AUDITLAKE_RETRY_MAX_SECONDS", 60),
             http_timeout=_number(env, "AUDITLAKE_HTTP_TIMEOUT_SECONDS", 120, minimum=1),
-            concurrency=int(_number(env, "AUDITLAKE_CONCURRENCY", 8, minimum=1)),
+            concurrency=int(_number(env, "AUDITLAKE_CONCURRENCY", 32, minimum=1)),
         )
 
 

@@ -129,7 +129,7 @@ var collectorSettings = {
   AUDITLAKE_RETRY_BASE_SECONDS: '0.5'
   AUDITLAKE_RETRY_MAX_SECONDS: '60'
   AUDITLAKE_HTTP_TIMEOUT_SECONDS: '120'
-  AUDITLAKE_CONCURRENCY: '8'
+  AUDITLAKE_CONCURRENCY: '32'
   // Longer than host.json functionTimeout (10 min), so a live claim is never taken over.
   AUDITLAKE_CLAIM_LEASE_MINUTES: '11'
   AUDITLAKE_REQUEUE_AFTER_MINUTES: '60'

@@ -1,0 +1,384 @@
+"""`make bench`: the numbers users choose a collector by, measured on this machine in one run.
+
+Each part runs in a child process of its own, so its peak RSS (``ru_maxrss`` of that child) is its
+own and not the sum of everything before it:
+
+* flatten — the public sample records replicated to 200,000 with fresh Ids, as one JSON array
+  file; ``orjson.loads`` + ``orjson.dumps`` of that file (the floor no Python pipeline can beat)
+  against ``orjson.loads`` + ``flatten_tables`` (every record table, in 1,000-record blobs), timed
+  in the same process, best of three each. Bar: ratio 0.25 or better.
+* e2e — ``auditlake emulator`` (its own process) holding a 7-day backfill, ``auditlake collect
+  --once --since 7d`` into a fresh lake; records fetched per second of the collector's wall time.
+  Bar: 20,000/s.
+* freshness — the emulator holds several tenants whose blobs keep becoming available while
+  ``auditlake collect --interval 30 --since 10m`` runs; for each blob that became available after
+  its first pass (the catch-up), the time from its ``contentCreated`` to its rows being committed
+  (the ledger's ``IngestedAt``). Bar: p95 within 45 s.
+* blob50mb — one 50 MB blob parsed, flattened and written to a lake in one process: the memory
+  one blob in flight costs, which bounds the collector's memory with its concurrency.
+
+Results are printed and written to bench/RESULTS.md with the command and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+AUDITLAKE = str(BIN / "auditlake")
+RESULTS = REPO / "bench" / "RESULTS.md"
+
+FLATTEN_RECORDS = 200_000
+BLOB_RECORDS = 1_000
+E2E_RECORDS_PER_DAY = 50_000
+FRESH_TENANTS = 8
+FRESH_SECONDS = 360
+POLL_SECONDS = 30
+BIG_BLOB_BYTES = 50 * 1024 * 1024
+
+BARS = {"flatten_ratio": 0.25, "e2e_records_per_s": 20_000, "freshness_p95_s": 45.0}
+
+
+# -- parts (each runs in its own process) ----------------------------------------------------------
+
+
+def _fresh_records(count: int) -> Iterator[Any]:
+    """The sample records over and over, each copy with a fresh Id (same shape, new identity)."""
+    import orjson
+
+    from tests.samples import all_records
+
+    base = [orjson.dumps(r) for _, r in all_records()]
+    for n in range(count):
+        record = orjson.loads(base[n % len(base)])
+        if isinstance(record, dict):
+            record["Id"] = str(uuid.UUID(int=n + 1))
+        yield record
+
+
+def _best(fn: Callable[[], object], rounds: int = 3) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def part_flatten(records: int) -> dict[str, Any]:
+    import orjson
+
+    from function_app.records.flatten import BlobContext
+    from function_app.records.tables import flatten_tables
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "records.json"
+        path.write_bytes(orjson.dumps(list(_fresh_records(records))))
+        data = path.read_bytes()
+    now = datetime.now(UTC)
+
+    def floor() -> None:
+        orjson.dumps(orjson.loads(data))
+
+    def flatten() -> None:
+        parsed = orjson.loads(data)
+        for start in range(0, len(parsed), BLOB_RECORDS):
+            ctx = BlobContext("bench-tenant", "Audit.General", f"blob-{start}", now, now)
+            flatten_tables(parsed[start:start + BLOB_RECORDS], ctx)
+
+    t_floor = _best(floor)
+    t_flatten = _best(flatten)
+    return {
+        "records": records,
+        "file_mb": round(len(data) / 1e6, 1),
+        "floor_records_per_s": round(records / t_floor),
+        "flatten_records_per_s": round(records / t_flatten),
+        "flatten_ratio": round(t_floor / t_flatten, 3),
+    }
+
+
+def part_blob50mb(size: int) -> dict[str, Any]:
+    import asyncio
+
+    import orjson
+
+    from function_app.core.model import ContentBlob
+    from function_app.lake.duckdb_lake import LocalLake
+    from function_app.wiring import build_rows
+
+    baseline = _rss_now_kb()
+    pieces: list[bytes] = []
+    total, records = 2, 0
+    for record in _fresh_records(10**9):
+        piece = orjson.dumps(record)
+        if total + len(piece) + 1 > size:
+            break
+        pieces.append(piece)
+        total += len(piece) + 1
+        records += 1
+    body = b"[" + b",".join(pieces) + b"]"
+    del pieces
+    now = datetime.now(UTC)
+    blob = ContentBlob("bench-tenant", "Audit.General", "big", "https://x/big", now, now)
+    with tempfile.TemporaryDirectory() as tmp:
+        lake = LocalLake(Path(tmp) / "lake.duckdb")
+        started = time.perf_counter()
+        tables = build_rows(orjson.loads(body), blob, now)
+        result = asyncio.run(lake.write_blob(blob, tables))
+        elapsed = time.perf_counter() - started
+        lake.close()
+    return {"blob_mb": round(len(body) / 1e6, 1), "records": records, "inserted": result.inserted,
+            "seconds": round(elapsed, 1), "baseline_rss_mb": round(baseline / 1024)}
+
+
+def _rss_now_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# -- driving real processes ------------------------------------------------------------------------
+
+
+def _start_emulator(*args: str) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([AUDITLAKE, "emulator", "--port", "0", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        m = re.search(r"listening on (http://\S+/api/v1\.0)", line)
+        if m:
+            return proc, m.group(1)
+    raise RuntimeError("the emulator did not start")
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def _run_measured(cmd: list[str], *, env: dict[str, str] | None = None, seconds: float | None = None,
+                  stdout: int | None = subprocess.DEVNULL) -> tuple[int, float, int]:
+    """(exit status, wall seconds, peak RSS in KiB) of *cmd*; with *seconds*, interrupted then."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=stdout, stderr=subprocess.DEVNULL)
+    if seconds is not None:
+        deadline = started + seconds
+        while proc.poll() is None and time.perf_counter() < deadline:
+            time.sleep(0.5)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - started, int(usage.ru_maxrss)
+
+
+def _collect_env() -> dict[str, str]:
+    return {**os.environ, "AUDITLAKE_API_TOKEN": "bench"}
+
+
+def _lake_scalar(lake: Path, sql: str) -> Any:
+    import duckdb
+
+    con = duckdb.connect(str(lake), read_only=True)
+    try:
+        row = con.execute(sql).fetchone()
+    finally:
+        con.close()
+    return None if row is None else row[0]
+
+
+def bench_e2e(records_per_day: int) -> dict[str, Any]:
+    tenant = "6a1f0c3e-8d2b-4e7f-9a5c-0b1d2e3f4a5b"
+    started = time.perf_counter()
+    emu, api_root = _start_emulator("--tenant-id", tenant, "--days", "7", "--records-per-day",
+                                    str(records_per_day), "--seed", "5")
+    emulator_start = time.perf_counter() - started
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            lake = Path(tmp) / "lake.duckdb"
+            status, wall, rss = _run_measured(
+                [AUDITLAKE, "collect", "--once", "--quiet", "--since", "7d", "--tenant-id", tenant,
+                 "--api-root", api_root, "--lake", str(lake)], env=_collect_env())
+            if status != 0:
+                raise RuntimeError(f"collect exited {status}")
+            fetched = int(_lake_scalar(lake, 'SELECT sum("Records") FROM "ContentLedger"') or 0)
+            kept = int(_lake_scalar(lake, 'SELECT count(*) FROM "AuditRecord"') or 0)
+            blobs = int(_lake_scalar(lake, 'SELECT count(*) FROM "ContentLedger"') or 0)
+    finally:
+        _stop(emu)
+    return {"records_fetched": fetched, "records_kept": kept, "blobs": blobs, "seconds": round(wall, 1),
+            "e2e_records_per_s": round(fetched / wall), "peak_rss_mb": round(rss / 1024),
+            "emulator_start_s": round(emulator_start, 1)}
+
+
+def bench_freshness(tenants: int, seconds: float) -> dict[str, Any]:
+    ids = [str(uuid.UUID(int=0x5EED0000 + n)) for n in range(tenants)]
+    args = [a for t in ids for a in ("--tenant-id", t)]
+    emu, api_root = _start_emulator(*args, "--days", "1", "--records-per-day", "20000", "--seed", "9")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            lake = Path(tmp) / "lake.duckdb"
+            run_started = datetime.now(UTC).replace(tzinfo=None)
+            _, wall, rss = _run_measured(
+                [AUDITLAKE, "collect", "--interval", str(POLL_SECONDS), "--quiet", "--since", "10m", *args,
+                 "--api-root", api_root, "--lake", str(lake)], env=_collect_env(), seconds=seconds)
+            import duckdb
+
+            con = duckdb.connect(str(lake), read_only=True)
+            try:
+                # Steady state: blobs that became available after the first pass (the catch-up
+                # from --since) was over.
+                first = con.execute(
+                    'SELECT max("FinishedAt") FROM "CollectorRun" WHERE "StartedAt" <= '
+                    '(SELECT min("StartedAt") FROM "CollectorRun") + INTERVAL 5 SECOND').fetchone()
+                if first and first[0] is not None:
+                    run_started = max(run_started, first[0])
+                delays = [float(r[0]) for r in con.execute(
+                    'SELECT epoch("IngestedAt") - epoch("ContentCreated") FROM "ContentLedger" '
+                    'WHERE "ContentCreated" >= ? AND "IngestedAt" IS NOT NULL ORDER BY 1', [run_started],
+                ).fetchall()]
+                pending = con.execute(
+                    'SELECT count(*) FROM "ContentLedger" WHERE "ContentCreated" >= ? AND "IngestedAt" IS NULL',
+                    [run_started]).fetchone()
+            finally:
+                con.close()
+    finally:
+        _stop(emu)
+    if not delays:
+        raise RuntimeError("no blob became available during the freshness run")
+
+    def pct(p: float) -> float:
+        return round(delays[min(len(delays) - 1, int(p * len(delays)))], 1)
+
+    return {"blobs": len(delays), "since": run_started.strftime("%H:%M:%S"),
+            "not_ingested": int(pending[0]) if pending else 0,
+            "poll_s": POLL_SECONDS, "run_s": round(wall), "freshness_p50_s": pct(0.5),
+            "freshness_p95_s": pct(0.95), "freshness_max_s": round(delays[-1], 1),
+            "peak_rss_mb": round(rss / 1024)}
+
+
+def _part_in_child(name: str, arg: int) -> dict[str, Any]:
+    status, _, rss = (0, 0.0, 0)
+    with tempfile.NamedTemporaryFile("w+", suffix=".json") as out:
+        status, _, rss = _run_measured([sys.executable, "-m", "tests.bench.run", "--part", name, "--arg",
+                                        str(arg), "--json-out", out.name])
+        if status != 0:
+            raise RuntimeError(f"bench part {name} exited {status}")
+        result: dict[str, Any] = json.loads(Path(out.name).read_text())
+    result["peak_rss_mb"] = round(rss / 1024)
+    return result
+
+
+# -- report ----------------------------------------------------------------------------------------
+
+
+def _machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    mem_kb = next((int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal:")), 0)
+    return (f"{cpu}, {os.cpu_count()} cores, {mem_kb / 1024 / 1024:.0f} GiB, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}")
+
+
+def _verdict(value: float, bar: float, higher_is_better: bool = True) -> str:
+    ok = value >= bar if higher_is_better else value <= bar
+    return "meets the bar" if ok else "BELOW THE BAR"
+
+
+def report(results: dict[str, dict[str, Any]], command: str) -> str:
+    f, e, r, b = (results.get(k, {}) for k in ("flatten", "e2e", "freshness", "blob50mb"))
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Command: `{command}` — {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        "",
+        f"Machine: {_machine()}",
+        "",
+        "| measure | result | bar | verdict | peak RSS |",
+        "|---|---|---|---|---|",
+    ]
+    if f:
+        lines.append(
+            f"| flatten throughput ({f['records']:,} sample records, fresh Ids, {f['file_mb']} MB) | "
+            f"{f['flatten_records_per_s']:,} rec/s vs orjson loads+dumps {f['floor_records_per_s']:,} rec/s: "
+            f"ratio **{f['flatten_ratio']}** | ≥ {BARS['flatten_ratio']} | "
+            f"{_verdict(f['flatten_ratio'], BARS['flatten_ratio'])} | {f['peak_rss_mb']} MB |")
+    if e:
+        lines.append(
+            f"| end to end, emulator → lake, 7-day backfill ({e['records_fetched']:,} records, {e['blobs']:,} "
+            f"blobs, {e['seconds']} s) | **{e['e2e_records_per_s']:,} rec/s** | ≥ {BARS['e2e_records_per_s']:,} | "
+            f"{_verdict(e['e2e_records_per_s'], BARS['e2e_records_per_s'])} | {e['peak_rss_mb']} MB |")
+    if r:
+        lines.append(
+            f"| freshness, poll {r['poll_s']} s ({r['blobs']} blobs over {r['run_s']} s, {r['not_ingested']} "
+            f"not yet ingested) | p50 {r['freshness_p50_s']} s, **p95 {r['freshness_p95_s']} s**, max "
+            f"{r['freshness_max_s']} s | p95 ≤ {BARS['freshness_p95_s']:.0f} s | "
+            f"{_verdict(r['freshness_p95_s'], BARS['freshness_p95_s'], higher_is_better=False)} | "
+            f"{r['peak_rss_mb']} MB |")
+    if b:
+        lines.append(
+            f"| one {b['blob_mb']} MB blob ({b['records']:,} records) parsed, flattened, written | "
+            f"{b['seconds']} s | — | — | {b['peak_rss_mb']} MB ({b['baseline_rss_mb']} MB before the blob) |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__.splitlines()[0])
+    p.add_argument("--only", action="append", choices=["flatten", "e2e", "freshness", "blob50mb"])
+    p.add_argument("--freshness-seconds", type=float, default=FRESH_SECONDS)
+    p.add_argument("--e2e-records-per-day", type=int, default=E2E_RECORDS_PER_DAY)
+    p.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    p.add_argument("--part", help=argparse.SUPPRESS)
+    p.add_argument("--arg", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--json-out", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.part:
+        fn = {"flatten": part_flatten, "blob50mb": part_blob50mb}[args.part]
+        Path(args.json_out).write_text(json.dumps(fn(args.arg)))
+        return 0
+    wanted = args.only or ["flatten", "e2e", "freshness", "blob50mb"]
+    results: dict[str, dict[str, Any]] = {}
+    steps: dict[str, Callable[[], dict[str, Any]]] = {
+        "flatten": lambda: _part_in_child("flatten", FLATTEN_RECORDS),
+        "e2e": lambda: bench_e2e(args.e2e_records_per_day),
+        "freshness": lambda: bench_freshness(FRESH_TENANTS, args.freshness_seconds),
+        "blob50mb": lambda: _part_in_child("blob50mb", BIG_BLOB_BYTES),
+    }
+    for name in wanted:
+        print(f"bench {name} ...", flush=True)
+        results[name] = steps[name]()
+        print(f"bench {name}: {json.dumps(results[name])}", flush=True)
+    command = "make bench" if argv is None and not args.only else "python -m tests.bench.run " + " ".join(
+        sys.argv[1:])
+    text = report(results, command)
+    print()
+    print(text)
+    if not args.no_write:
+        RESULTS.parent.mkdir(exist_ok=True)
+        RESULTS.write_text(text, encoding="utf-8")
+        print(f"written to {RESULTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
