@@ -204,6 +204,7 @@ def _write_batch(con: duckdb.DuckDBPyConnection, items: list[Any]) -> list[Any]:
 # spent more time checkpointing (and re-serialising the key index) than inserting. 256 MB of
 # write-ahead log bounds the memory this costs and still checkpoints every few hundred blobs.
 CHECKPOINT_THRESHOLD = "256MB"
+MEMORY_LIMIT = "512MB"
 
 
 class LocalLake:
@@ -222,6 +223,10 @@ class LocalLake:
         self._flusher: asyncio.Task[None] | None = None
         if not read_only:
             self._con.execute(f"SET checkpoint_threshold='{CHECKPOINT_THRESHOLD}'")
+            # DuckDB's buffer pool otherwise grows toward 80% of the machine's memory as the lake
+            # grows; capped, it evicts (the lake is on disk), so the collector's memory stays
+            # bounded by the blobs in flight, not by the size of the lake or of a backfill.
+            self._con.execute(f"SET memory_limit='{MEMORY_LIMIT}'")
             # Audit records are mostly JSON text; zstd stores it in about a third of the space
             # of the default string compression, and costs less time at each checkpoint.
             self._con.execute("PRAGMA force_compression='zstd'")
