@@ -111,9 +111,10 @@ def insert_blobs(
     """Insert the rows of several blobs, one statement per table, inside the caller's transaction.
 
     Each of *blobs* maps table names to rows or to an Arrow table. Existing keys are skipped,
-    and within the batch the first row of a key wins, as if the blobs were inserted one by one
-    in order. A blob's result counts its ``AuditRecord`` rows: inserted, or dropped as
-    duplicates (of the lake or of an earlier blob of the batch). Aggregate tables
+    and a key delivered twice within the batch keeps one row (DuckDB inserts in parallel, so
+    which of them is not fixed; across batches the first delivery wins). A blob's result counts
+    its ``AuditRecord`` rows: inserted, or dropped as duplicates (of the lake or of another blob
+    of the batch). Aggregate tables
     (``SchemaObservation``) are merged into the stored rows (see ``duckdb_insert``).
     """
     results = [WriteResult(0, 0) for _ in blobs]
