@@ -101,8 +101,8 @@ def insert_tables(
     return insert_blobs(con, [tables])[0]
 
 
+# The table whose rows are counted per blob: one row per record, so inserted + duplicates = records.
 COUNTED_TABLE = "AuditRecord"
-
 
 
 def insert_blobs(
@@ -114,8 +114,8 @@ def insert_blobs(
     and a key delivered twice within the batch keeps one row (DuckDB inserts in parallel, so
     which of them is not fixed; across batches the first delivery wins). A blob's result counts
     its ``AuditRecord`` rows: inserted, or dropped as duplicates (of the lake or of another blob
-    of the batch). Aggregate tables
-    (``SchemaObservation``) are merged into the stored rows (see ``duckdb_insert``).
+    of the batch). Aggregate tables (``SchemaObservation``) are merged into the stored rows (see
+    ``duckdb_insert``).
     """
     results = [WriteResult(0, 0) for _ in blobs]
     names = dict.fromkeys(name for tables in blobs for name in tables)
