@@ -95,8 +95,6 @@ def sweep_windows(now: datetime, rules: PlanningRules, *, since: datetime | None
     start = max(now - rules.sweep_span, earliest_start(now))
     if since is not None:
         start = max(start, utc(since))
-    if start >= now:
-        return []
     return split(start, now, rules.max_window)
 
 

@@ -72,8 +72,7 @@ def to_arrow(table: Table, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     column. Datetimes may be aware (converted to UTC) or naive (taken as UTC already).
     """
     names = table.column_names
-    width = len(names)
-    if all(len(r) == width and tuple(r) == names for r in rows):
+    if all(tuple(r) == names for r in rows):
         columns: list[Sequence[Any]] = list(zip(*(r.values() for r in rows), strict=True)) if rows \
             else [[] for _ in names]
     else:
@@ -197,10 +196,6 @@ def _isolated(con: duckdb.DuckDBPyConnection, op: _Op) -> tuple[bool, Any]:
         return False, exc
 
 
-def _write_batch(con: duckdb.DuckDBPyConnection, items: list[Any]) -> list[Any]:
-    return insert_blobs(con, items)
-
-
 # DuckDB rewrites what it holds at each checkpoint; at the default 16 MB threshold a backfill
 # spent more time checkpointing (and re-serialising the key index) than inserting. 256 MB of
 # write-ahead log bounds the memory this costs and still checkpoints every few hundred blobs.
@@ -313,7 +308,7 @@ class LocalLake:
     async def write_blob(self, blob: ContentBlob, tables: Mapping[str, Any]) -> WriteResult:
         """Write one blob's rows (lists of row mappings, or Arrow tables); merged with the other
         blobs of its commit group into one statement per table."""
-        result: WriteResult = await self.run_batched(_write_batch, tables)
+        result: WriteResult = await self.run_batched(insert_blobs, tables)
         return result
 
     # -- lake metadata ------------------------------------------------------------------

@@ -6,10 +6,9 @@ consistent state: a blob is either ``listed`` (and re-driven) or settled.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import duckdb
 import orjson
@@ -30,19 +29,6 @@ def _blob(row: tuple[object, ...]) -> ContentBlob:
     return ContentBlob(str(tenant), str(ctype), str(cid), str(uri), utc(created), utc(expiration))
 
 
-@dataclass(frozen=True, slots=True)
-class _Mark:
-    tenant_id: str
-    content_type: str
-    content_id: str
-    status: str
-    error: str | None
-    records: int | None
-    size: int | None
-    fetched_at: datetime | None
-    ingested_at: datetime | None
-
-
 _MARK_SCHEMA = pa.schema([
     ("TenantId", pa.string()), ("ContentType", pa.string()), ("ContentId", pa.string()),
     ("Status", pa.string()), ("Error", pa.string()), ("Records", pa.int64()), ("Bytes", pa.int64()),
@@ -50,24 +36,16 @@ _MARK_SCHEMA = pa.schema([
 ])
 
 
-def _apply_marks(con: duckdb.DuckDBPyConnection, marks: list[_Mark]) -> list[None]:
-    """Settle the ledger rows of *marks* in one UPDATE: one statement per blob cost milliseconds
-    each and bounded the pipeline. A blob marked twice in one group keeps its last mark and
-    counts both attempts."""
-    last: dict[tuple[str, str, str], _Mark] = {}
-    count: Counter[tuple[str, str, str]] = Counter()
+def _apply_marks(con: duckdb.DuckDBPyConnection, marks: list[dict[str, Any]]) -> list[None]:
+    """Settle the ledger rows of *marks* (ledger values by column name) in one UPDATE: one
+    statement per blob cost milliseconds each and bounded the pipeline. A blob marked twice in
+    one group keeps its last mark and counts both attempts."""
+    last: dict[tuple[str, str, str], dict[str, Any]] = {}
     for m in marks:
-        key = (m.tenant_id, m.content_type, m.content_id)
-        last[key] = m
-        count[key] += 1
-    rows = list(last.values())
-    batch = pa.Table.from_pylist([
-        {"TenantId": m.tenant_id, "ContentType": m.content_type, "ContentId": m.content_id, "Status": m.status,
-         "Error": m.error, "Records": m.records, "Bytes": m.size, "FetchedAt": m.fetched_at,
-         "IngestedAt": m.ingested_at, "Marks": count[(m.tenant_id, m.content_type, m.content_id)]}
-        for m in rows
-    ], schema=_MARK_SCHEMA)
-    con.register("_marks", batch)
+        key = (m["TenantId"], m["ContentType"], m["ContentId"])
+        earlier = last.get(key)
+        last[key] = {**m, "Marks": 1 + (earlier["Marks"] if earlier else 0)}
+    con.register("_marks", pa.Table.from_pylist(list(last.values()), schema=_MARK_SCHEMA))
     try:
         con.execute(
             'UPDATE "ContentLedger" AS l SET "Status" = m."Status", "Attempts" = l."Attempts" + m."Marks", '
@@ -190,8 +168,9 @@ class LocalStateStore:
     ) -> None:
         ingested_at = naive_utc(at) if status is BlobStatus.INGESTED else None
         # FetchedAt is the time of the last attempt, whatever its outcome.
-        mark = _Mark(blob.tenant_id, blob.content_type, blob.content_id, status.value, error, records, size,
-                     naive_utc(at), ingested_at)
+        mark = {"TenantId": blob.tenant_id, "ContentType": blob.content_type, "ContentId": blob.content_id,
+                "Status": status.value, "Error": error, "Records": records, "Bytes": size,
+                "FetchedAt": naive_utc(at), "IngestedAt": ingested_at}
         await self._lake.run_batched(_apply_marks, mark)
 
     async def record_run(self, run: RunStats) -> None:

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import signal
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from tests.flows.conftest import start_emulator
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -156,17 +157,6 @@ def _rss_now_kb() -> int:
 # -- driving real processes ------------------------------------------------------------------------
 
 
-def _start_emulator(*args: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([AUDITLAKE, "emulator", "--port", "0", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, cwd=REPO)
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        m = re.search(r"listening on (http://\S+/api/v1\.0)", line)
-        if m:
-            return proc, m.group(1)
-    raise RuntimeError("the emulator did not start")
-
-
 def _stop(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
     try:
@@ -209,7 +199,7 @@ def _lake_scalar(lake: Path, sql: str) -> Any:
 def bench_e2e(records_per_day: int) -> dict[str, Any]:
     tenant = "6a1f0c3e-8d2b-4e7f-9a5c-0b1d2e3f4a5b"
     started = time.perf_counter()
-    emu, api_root = _start_emulator("--tenant-id", tenant, "--days", "7", "--records-per-day",
+    emu = start_emulator("--tenant-id", tenant, "--days", "7", "--records-per-day",
                                     str(records_per_day), "--seed", "5")
     emulator_start = time.perf_counter() - started
     try:
@@ -217,14 +207,14 @@ def bench_e2e(records_per_day: int) -> dict[str, Any]:
             lake = Path(tmp) / "lake.duckdb"
             status, wall, rss = _run_measured(
                 [AUDITLAKE, "collect", "--once", "--quiet", "--since", "7d", "--tenant-id", tenant,
-                 "--api-root", api_root, "--lake", str(lake)], env=_collect_env())
+                 "--api-root", emu.api_root, "--lake", str(lake)], env=_collect_env())
             if status != 0:
                 raise RuntimeError(f"collect exited {status}")
             fetched = int(_lake_scalar(lake, 'SELECT sum("Records") FROM "ContentLedger"') or 0)
             kept = int(_lake_scalar(lake, 'SELECT count(*) FROM "AuditRecord"') or 0)
             blobs = int(_lake_scalar(lake, 'SELECT count(*) FROM "ContentLedger"') or 0)
     finally:
-        _stop(emu)
+        _stop(emu.process)
     return {"records_fetched": fetched, "records_kept": kept, "blobs": blobs, "seconds": round(wall, 1),
             "e2e_records_per_s": round(fetched / wall), "peak_rss_mb": round(rss / 1024),
             "emulator_start_s": round(emulator_start, 1)}
@@ -233,14 +223,14 @@ def bench_e2e(records_per_day: int) -> dict[str, Any]:
 def bench_freshness(tenants: int, seconds: float) -> dict[str, Any]:
     ids = [str(uuid.UUID(int=0x5EED0000 + n)) for n in range(tenants)]
     args = [a for t in ids for a in ("--tenant-id", t)]
-    emu, api_root = _start_emulator(*args, "--days", "1", "--records-per-day", "20000", "--seed", "9")
+    emu = start_emulator(*args, "--days", "1", "--records-per-day", "20000", "--seed", "9")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             lake = Path(tmp) / "lake.duckdb"
             run_started = datetime.now(UTC).replace(tzinfo=None)
             _, wall, rss = _run_measured(
                 [AUDITLAKE, "collect", "--interval", str(POLL_SECONDS), "--quiet", "--since", "10m", *args,
-                 "--api-root", api_root, "--lake", str(lake)], env=_collect_env(), seconds=seconds)
+                 "--api-root", emu.api_root, "--lake", str(lake)], env=_collect_env(), seconds=seconds)
             import duckdb
 
             con = duckdb.connect(str(lake), read_only=True)
@@ -262,7 +252,7 @@ def bench_freshness(tenants: int, seconds: float) -> dict[str, Any]:
             finally:
                 con.close()
     finally:
-        _stop(emu)
+        _stop(emu.process)
     if not delays:
         raise RuntimeError("no blob became available during the freshness run")
 
@@ -277,7 +267,6 @@ def bench_freshness(tenants: int, seconds: float) -> dict[str, Any]:
 
 
 def _part_in_child(name: str, arg: int) -> dict[str, Any]:
-    status, _, rss = (0, 0.0, 0)
     with tempfile.NamedTemporaryFile("w+", suffix=".json") as out:
         status, _, rss = _run_measured([sys.executable, "-m", "tests.bench.run", "--part", name, "--arg",
                                         str(arg), "--json-out", out.name])
