@@ -19,13 +19,12 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from function_app.config import AzureSettings, Settings
 from function_app.core.model import BlobStatus, ContentBlob, utc
 from function_app.core.ports import ClaimingStateStore, ContentQueue, DeadLetterStore, Sink
 from function_app.core.process import RowBuilder, process_blob
 from function_app.o365.auth import TokenProvider
+from function_app.records.reader import parse_content
 from function_app.wiring import build_rows, management_client, utcnow
 
 log = logging.getLogger(__name__)
@@ -228,14 +227,15 @@ async def _reingest(state: ClaimingStateStore, blob: ContentBlob, raw: bytes, si
     await state.mark(blob, BlobStatus.QUEUED, at=utc(clock()), error="replay: re-ingesting the dead-letter copy")
     if not await state.claim(blob, owner, lease, utc(clock())):
         return _item(blob, "skipped", "claimed by another instance")
-    try:
-        records: Any = orjson.loads(raw)
-        if not isinstance(records, list):
-            raise ValueError(f"the dead-letter copy is a JSON {type(records).__name__}, not an array")
-    except (orjson.JSONDecodeError, ValueError) as exc:
-        error = f"replay from the dead-letter copy of {len(raw)} bytes failed: {exc}"
+    # Read as the fetch reads a body: a record with a bad token is kept flagged, not the reason
+    # the whole copy fails again.
+    content = parse_content(raw)
+    if content.not_an_array or not content.complete:
+        problem = content.not_an_array or f"it is cut off ({content.problem})"
+        error = f"replay from the dead-letter copy of {len(raw)} bytes failed: {problem}"
         await state.mark(blob, BlobStatus.FAILED, at=utc(clock()), error=error)
         return _item(blob, "failed", error)
+    records = content.records
     try:
         result = await sink().write_blob(blob, rows_of(records, blob, utc(clock())))
     except Exception as exc:

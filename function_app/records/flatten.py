@@ -65,6 +65,21 @@ OrganizationId:mismatch           OrganizationId is not the tenant the blob was 
 duplicate-name:<Array>.<Name>     a Name repeated in one array; all values kept as a list
 truncated:<path>                  JSON-looking string ending in "..." that does not parse
 not-json:<path>                   JSON-looking string (starts with { or [) that does not parse
+too-deep:<path>                   JSON inside a string nested deeper than MAX_EMBEDDED_DEPTH;
+                                  kept as the string
+too-large:<path>                  JSON inside a string longer than MAX_EMBEDDED_CHARS; kept as
+                                  the string
+record:recovered:<reason>         the strict parser refused the record and a lenient one read
+                                  it (reason: invalid-text, non-finite-number, lenient-json);
+                                  lone surrogates and bad bytes are U+FFFD, NaN/Infinity and
+                                  numbers past a double's range are their delivered text
+record:unreadable:<reason>        no parser read the element (reason: unreadable, cut-off,
+                                  after-array); AuditData is its raw text, and Id, RecordType,
+                                  Operation, CreationTime are taken from that text when present
+record:raw-cut-to:<n>             the raw text of an unreadable element was longer than n
+                                  characters; AuditData holds its first n
+<Column>:unserialisable:<reason>  set by a sink: the value could not be written as it is
+                                  (too-deep, invalid-text, ...); the cell holds its JSON text
 flatten:error:<ExceptionType>     a bug in this module; the row holds only AuditData and key
 ================================  ==============================================================
 """
@@ -90,6 +105,7 @@ from function_app.records.normalise import (
     normalise_principal,
     parse_time,
 )
+from function_app.records.reader import RecoveredRecord
 
 RECORD_TYPE_MISSING = -(2**31)
 """RecordType stored when the record has none (or an unusable one); the key stays non-null."""
@@ -102,6 +118,11 @@ ARRAY_FIELDS: tuple[str, ...] = (
     "DeviceProperties",
 )
 INCLUDED_UPDATED_PROPERTIES = "Included Updated Properties"
+MAX_EMBEDDED_DEPTH = 64
+"""JSON inside a string is expanded only this deep: a row must stay writable (orjson writes
+254 levels) and an attacker can name an inbox rule ``[[[[...]]]]``."""
+MAX_EMBEDDED_CHARS = 1024 * 1024
+"""JSON inside a string longer than this stays a string: expansion costs several times its size."""
 UNNAMED_KEY = "_unnamed"
 
 _JSON_DECODE_ERROR = orjson.JSONDecodeError
@@ -138,9 +159,50 @@ def flatten_record(record: Any, ctx: BlobContext) -> dict[str, Any]:
     try:
         if isinstance(record, dict):
             return _flatten_object(record, ctx)
+        if type(record) is RecoveredRecord:
+            return _flatten_recovered(record, ctx)
         return _bare_row(record, ctx, ["record:not-an-object"])
     except Exception as exc:  # the contract is one row per record, whatever happens
         return _bare_row(record, ctx, [f"flatten:error:{type(exc).__name__}"])
+
+
+def _flatten_recovered(record: RecoveredRecord, ctx: BlobContext) -> dict[str, Any]:
+    if record.readable:
+        row = flatten_record(record.value, ctx)
+        row["Quality"] = [*row["Quality"], f"record:recovered:{record.reason}"]
+        return row
+    flags = [f"record:unreadable:{record.reason}"]
+    if record.raw_chars > len(record.raw):
+        flags.append(f"record:raw-cut-to:{len(record.raw)}")
+    row = _bare_row(record.raw, ctx, flags)
+    # The element did not parse, but its key fields usually still stand in its text; with them
+    # the row can be found by Id and a later clean delivery of the record de-duplicates against it.
+    fields = _fields_in_text(record.raw)
+    if "Id" in fields:
+        row["Id"] = fields["Id"]
+    if "Operation" in fields:
+        row["Operation"] = fields["Operation"]
+    if "RecordType" in fields:
+        rt = normalise_enum(fields["RecordType"], RECORD_TYPE_NAMES)
+        if rt.value is not None:
+            row["RecordType"], row["RecordTypeName"] = rt.value, rt.name
+    if "CreationTime" in fields:
+        row["TimeGenerated"] = parse_time(fields["CreationTime"])
+    return row
+
+
+_TEXT_FIELD = re.compile(r'"(Id|Operation|CreationTime)"\s*:\s*"([^"\\]{1,256})"|"(RecordType)"\s*:\s*(\d{1,9})')
+
+
+def _fields_in_text(raw: str) -> dict[str, Any]:
+    """The first Id, Operation, CreationTime and RecordType written plainly in *raw*."""
+    found: dict[str, Any] = {}
+    for m in _TEXT_FIELD.finditer(raw[:65536]):
+        if m.group(1) and m.group(1) not in found:
+            found[m.group(1)] = m.group(2)
+        elif m.group(3) and "RecordType" not in found:
+            found["RecordType"] = int(m.group(4))
+    return found
 
 
 class _CaseInsensitive:
@@ -511,15 +573,39 @@ def _embedded_json(text: str, field: str, name: str | None, key: str | None, qua
     """Parse a string holding JSON; leave any other string alone, flagging JSON that is cut off."""
     if not _looks_like_json(text):
         return text
+    path = ".".join(p for p in (field, name, key) if p is not None)
+    if len(text) > MAX_EMBEDDED_CHARS:
+        quality.append(f"too-large:{path}")
+        return text
     try:
-        return _orjson_loads(text)
+        parsed = _orjson_loads(text)
     except _JSON_DECODE_ERROR:
         pass
+    else:
+        # Counting brackets is C-fast and bounds the depth from above; only a string with many
+        # of them pays for the walk.
+        if text.count("[") + text.count("{") > MAX_EMBEDDED_DEPTH and _deeper_than(parsed, MAX_EMBEDDED_DEPTH):
+            quality.append(f"too-deep:{path}")
+            return text
+        return parsed
     tail = text.rstrip()
     reason = "truncated" if tail.endswith(("...", "\u2026")) else "not-json"
-    path = ".".join(p for p in (field, name, key) if p is not None)
     quality.append(f"{reason}:{path}")
     return text
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """True when *value* nests lists and objects more than *limit* levels; iterative."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if type(item) is list:
+            stack.extend((v, depth + 1) for v in item if type(v) is list or type(v) is dict)
+        elif type(item) is dict:
+            stack.extend((v, depth + 1) for v in item.values() if type(v) is list or type(v) is dict)
+    return False
 
 
 # PowerShell display form of cmdlet parameters, e.g. -Identity "x" -Force -Types ("A","B").

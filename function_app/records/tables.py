@@ -23,6 +23,7 @@ from function_app.records.derived import (
     build_sign_in,
 )
 from function_app.records.flatten import BlobContext, flatten_record
+from function_app.records.reader import RecoveredRecord
 from function_app.records.schema_observation import SchemaObserver
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ def flatten_tables(
     for record in records:
         row = flatten_record(record, ctx)
         audit.append(row)
+        if type(record) is RecoveredRecord:
+            # The derived tables and the observer read what the lenient parser made of it.
+            record = record.value
+            if record is None:
+                continue
         # The checks repeat the builders' own so the common record costs no call at all.
         record_type, operation = row["RecordType"], row["Operation"]
         if record_type == DIRECTORY_RECORD_TYPE:
