@@ -14,6 +14,7 @@ from datetime import timedelta
 
 import orjson
 
+from function_app.core.budget import BLOB_MEMORY_FACTOR
 from function_app.core.model import CONTENT_TYPES
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -90,6 +91,12 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
     return value
 
 
+DEFAULT_MEMORY_BUDGET_MB = 1536
+"""Memory the blobs in flight may hold together (core.budget): a 2,048 MB Flex Consumption
+instance less ~512 MB for the worker, the SDKs and the runtime. Bicep sets it from the
+instance size; the blob size cap follows from it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the collector reads from its environment."""
@@ -101,7 +108,8 @@ class Settings:
     overlap: timedelta = timedelta(hours=1)
     safety_lag: timedelta = timedelta(seconds=30)
     sweep_every: timedelta = timedelta(hours=24)
-    max_blob_bytes: int = 256 * 1024 * 1024
+    memory_budget_mb: int = DEFAULT_MEMORY_BUDGET_MB
+    max_blob_bytes: int = DEFAULT_MEMORY_BUDGET_MB * 1024 * 1024 // BLOB_MEMORY_FACTOR
     retry_attempts: int = 8
     retry_base: float = 0.5
     retry_max: float = 60.0
@@ -120,6 +128,16 @@ class Settings:
         api_root = env.get("AUDITLAKE_API_ROOT", "").strip() or None
         if api_root is not None and not re.match(r"^https?://[^/]+", api_root):
             raise SettingsError(f"AUDITLAKE_API_ROOT: not an http(s) URL: {api_root!r}")
+        budget_mb = int(_number(env, "AUDITLAKE_MEMORY_BUDGET_MB", DEFAULT_MEMORY_BUDGET_MB, minimum=64))
+        # The largest blob that fits the budget on its own: a larger one could not be processed
+        # without going past the memory the instance has, so it is refused (and failed, said so).
+        fits = budget_mb * 1024 * 1024 // BLOB_MEMORY_FACTOR
+        max_blob = int(_number(env, "AUDITLAKE_MAX_BLOB_BYTES", fits, minimum=1024))
+        if max_blob > fits:
+            raise SettingsError(
+                f"AUDITLAKE_MAX_BLOB_BYTES: {max_blob} bytes needs about {BLOB_MEMORY_FACTOR}x that in memory, "
+                f"more than AUDITLAKE_MEMORY_BUDGET_MB={budget_mb} allows (at most {fits}); "
+                "raise the budget or lower the cap")
         publisher = env.get("AUDITLAKE_PUBLISHER_ID", "").strip() or None
         if publisher is not None and not is_guid(publisher):
             raise SettingsError(f"AUDITLAKE_PUBLISHER_ID: not a GUID: {publisher!r}")
@@ -131,7 +149,8 @@ class Settings:
             overlap=timedelta(minutes=_number(env, "AUDITLAKE_OVERLAP_MINUTES", 60)),
             safety_lag=timedelta(seconds=_number(env, "AUDITLAKE_SAFETY_LAG_SECONDS", 30)),
             sweep_every=timedelta(hours=_number(env, "AUDITLAKE_SWEEP_HOURS", 24, minimum=1)),
-            max_blob_bytes=int(_number(env, "AUDITLAKE_MAX_BLOB_BYTES", 256 * 1024 * 1024, minimum=1024)),
+            memory_budget_mb=budget_mb,
+            max_blob_bytes=max_blob,
             retry_attempts=int(_number(env, "AUDITLAKE_RETRY_ATTEMPTS", 8, minimum=1)),
             retry_base=_number(env, "AUDITLAKE_RETRY_BASE_SECONDS", 0.5),
             retry_max=_number(env, "AUDITLAKE_RETRY_MAX_SECONDS", 60),

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from function_app.config import Settings
+from function_app.core.budget import MemoryBudget
 from function_app.core.model import ContentBlob
 from function_app.o365.auth import TokenProvider, token_provider_from_env
 from function_app.o365.client import ManagementApiClient
@@ -70,6 +71,7 @@ async def management_client(
                 retry=retry,
                 timeout=settings.http_timeout,
                 max_blob_bytes=settings.max_blob_bytes,
+                memory=MemoryBudget(settings.memory_budget_mb * 1024 * 1024),
             )
     finally:
         # azure-identity credentials hold their own HTTP sessions.

@@ -6,6 +6,8 @@ needs to know about HTTP or AF codes; ``o365/errors.py`` maps every code to one 
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class ApiError(Exception):
     """An error answer of the Management Activity API, after the retry policy gave up."""
@@ -50,11 +52,16 @@ class MalformedContentError(Exception):
 
     ``body`` holds the raw bytes received, when there are any worth keeping, so the
     Azure side can store them in the dead-letter container for a later replay.
+    ``salvaged`` holds the records read before the body broke off (a cut-off array), which
+    are written although the blob as a whole is settled ``failed``.
     """
 
-    def __init__(self, message: str, *, body: bytes | None = None) -> None:
+    def __init__(
+        self, message: str, *, body: bytes | bytearray | None = None, salvaged: list[Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.body = body
+        self.salvaged = salvaged or []
 
 
 class UntrustedMessageError(Exception):
@@ -66,3 +73,8 @@ class UntrustedMessageError(Exception):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class StoreUnavailableError(Exception):
+    """The sink or the state store itself can take no more work (its disk is full, its file is
+    broken): raised by the adapter for every operation from then on, it stops the pass."""

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from function_app.core.budget import NO_RESERVATION, Reservation
+
 CONTENT_TYPES: tuple[str, ...] = (
     "Audit.AzureActiveDirectory",
     "Audit.Exchange",
@@ -108,7 +110,17 @@ class WriteResult:
 
 @dataclass(frozen=True, slots=True)
 class FetchedContent:
-    """A content blob retrieved and parsed: the records as delivered and the body size."""
+    """A content blob retrieved and parsed: the records as delivered and the body size.
+
+    ``recovered`` counts records the strict parser refused (kept flagged, see
+    ``records.reader``); ``body`` is the body as fetched when the client was asked to keep it
+    (the Azure path keeps it so a failed write can leave the exact bytes in the dead letter).
+    ``reservation`` is the memory held for the blob (``core.budget``); whoever processes the
+    records releases it once they are written.
+    """
 
     records: list[Any]
     size: int
+    recovered: int = 0
+    body: bytes | bytearray | None = None
+    reservation: Reservation = NO_RESERVATION

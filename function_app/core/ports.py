@@ -111,7 +111,7 @@ class ContentQueue(Protocol):
 class DeadLetterStore(Protocol):
     """Where raw content and messages that could not be processed are kept for replay."""
 
-    async def put_content(self, blob: ContentBlob, raw: bytes, reason: str) -> str:
+    async def put_content(self, blob: ContentBlob, raw: bytes | bytearray, reason: str) -> str:
         """Keep *blob*'s raw content (replacing an earlier copy); returns where it is."""
         ...
 

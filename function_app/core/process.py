@@ -54,27 +54,58 @@ async def process_blob(
     re-driven), because those say nothing about the blob itself.
     """
     ctx = f"tenant_id={blob.tenant_id} content_type={blob.content_type} content_id={blob.content_id}"
-    now = utc(clock())
-    if utc(blob.content_expiration) <= now:
-        return await _settle_expired(blob, state, now, "contentExpiration passed before the blob was fetched")
+    # No expiry check of our own before the fetch: contentExpiration may come from a message
+    # anyone could have written, and only the API's AF20051 proves the content is gone.
     try:
         fetched = await api.fetch_content(blob.tenant_id, blob.content_uri)
     except ContentExpiredError as exc:
         return await _settle_expired(blob, state, utc(clock()), str(exc))
-    except (ApiError, MalformedContentError, UntrustedMessageError) as exc:
+    except MalformedContentError as exc:
+        return await _settle_malformed(blob, exc, sink=sink, state=state, build_rows=build_rows, clock=clock)
+    except (ApiError, UntrustedMessageError) as exc:
         error = f"{type(exc).__name__}: {exc}"
         log.error("blob failed %s error=%s", ctx, error)
         await state.mark(blob, BlobStatus.FAILED, at=utc(clock()), error=error)
         return BlobOutcome(blob, BlobStatus.FAILED, error=error)
-    fetched_at = utc(clock())
-    tables = build_rows(fetched.records, blob, fetched_at)
-    result = await sink.write_blob(blob, tables)
-    await state.mark(blob, BlobStatus.INGESTED, at=utc(clock()), records=len(fetched.records),
-                     size=fetched.size)
+    try:
+        fetched_at = utc(clock())
+        tables = build_rows(fetched.records, blob, fetched_at)
+        result = await sink.write_blob(blob, tables)
+        del tables
+        await state.mark(blob, BlobStatus.INGESTED, at=utc(clock()), records=len(fetched.records),
+                         size=fetched.size)
+    finally:
+        fetched.reservation.release()
     log.info("blob ingested %s records=%d inserted=%d duplicates=%d", ctx,
              len(fetched.records), result.inserted, result.duplicates)
     return BlobOutcome(blob, BlobStatus.INGESTED, records=len(fetched.records), inserted=result.inserted,
                        duplicates=result.duplicates, size=fetched.size)
+
+
+async def _settle_malformed(
+    blob: ContentBlob,
+    exc: MalformedContentError,
+    *,
+    sink: Sink,
+    state: StateStore,
+    build_rows: RowBuilder,
+    clock: Callable[[], datetime],
+) -> BlobOutcome:
+    """Settle a blob whose body cannot be read whole as ``failed``, after writing the records read
+    before it broke off: the records the service did deliver are never lost with the rest."""
+    error = f"{type(exc).__name__}: {exc}"
+    inserted = duplicates = 0
+    if exc.salvaged:
+        result = await sink.write_blob(blob, build_rows(exc.salvaged, blob, utc(clock())))
+        inserted, duplicates = result.inserted, result.duplicates
+        error += f"; {len(exc.salvaged)} rows written from what was read before the cut"
+    log.error("blob failed tenant_id=%s content_type=%s content_id=%s error=%s",
+              blob.tenant_id, blob.content_type, blob.content_id, error)
+    await state.mark(blob, BlobStatus.FAILED, at=utc(clock()), error=error,
+                     records=len(exc.salvaged) if exc.salvaged else None,
+                     size=len(exc.body) if exc.body is not None else None)
+    return BlobOutcome(blob, BlobStatus.FAILED, records=len(exc.salvaged), inserted=inserted,
+                       duplicates=duplicates, error=error)
 
 
 async def _settle_expired(blob: ContentBlob, state: StateStore, at: datetime, reason: str) -> BlobOutcome:

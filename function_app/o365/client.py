@@ -13,12 +13,14 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from function_app.core.budget import BLOB_MEMORY_FACTOR, NO_RESERVATION, MemoryBudget, Reservation
 from function_app.core.errors import ApiError, MalformedContentError, PermanentApiError, RetryableError
 from function_app.core.messages import check_content_uri
 from function_app.core.model import ContentBlob, FetchedContent, utc
 from function_app.o365.auth import TokenProvider
-from function_app.o365.errors import Decision, IncompleteContentError, Verdict, classify
+from function_app.o365.errors import BodyCutOffError, Decision, IncompleteContentError, Verdict, classify
 from function_app.o365.retry import RetryPolicy, RetryStats, is_transient
+from function_app.records.reader import RecoveredRecord, parse_content
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class ManagementApiClient:
         retry: RetryPolicy,
         timeout: float = 60,
         max_blob_bytes: int | None = None,
+        keep_body: bool = False,
+        memory: MemoryBudget | None = None,
     ) -> None:
         if not publisher_id.strip():
             raise ValueError("publisher_id must be the publisher's tenant GUID, not empty")
@@ -91,6 +95,10 @@ class ManagementApiClient:
         self._retry = retry
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_blob_bytes = max_blob_bytes
+        # Holding the body for as long as the blob is processed costs its size in memory; only
+        # the Azure path needs the exact bytes (for the dead letter of a blob that fails later).
+        self._keep_body = keep_body
+        self._memory = memory
 
     @property
     def api_root(self) -> str:
@@ -259,7 +267,12 @@ class ManagementApiClient:
             return await self._get_blob(url, tenant_id)
 
         content_id = urlsplit(content_uri).path.rsplit("/", 1)[-1]
-        content = await self._call(attempt, f"fetch_content tenant_id={tenant_id} content_id={content_id}")
+        try:
+            content = await self._call(attempt, f"fetch_content tenant_id={tenant_id} content_id={content_id}")
+        except BodyCutOffError as exc:
+            # Every fetch gave a body that does not close: the service holds it so, and another
+            # delivery would only fetch it again. Permanent, with what could be read of it.
+            raise MalformedContentError(str(exc), body=exc.body, salvaged=exc.salvaged) from exc
         log.debug(
             "fetched blob tenant_id=%s content_id=%s records=%d bytes=%d",
             tenant_id,
@@ -275,27 +288,49 @@ class ManagementApiClient:
             url, headers=headers, timeout=self._timeout, allow_redirects=False
         ) as response:
             if response.status >= 300:
-                body = await response.content.read(_ERROR_BODY_LIMIT)
-                raise self._error(_Answer(response.status, response.headers, body)).error
-            body = await self._read_capped(response)
+                error_body = await response.content.read(_ERROR_BODY_LIMIT)
+                raise self._error(_Answer(response.status, response.headers, error_body)).error
+            reservation = await self._reserve(response.content_length)
+            try:
+                body = await self._read_capped(response)
+            except BaseException:
+                reservation.release()
+                raise
         try:
-            parsed: Any = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise IncompleteContentError(
-                f"content body of {len(body)} bytes is not valid JSON (cut off or corrupt): {exc}", body=body
-            ) from exc
-        if not isinstance(parsed, list):
-            raise MalformedContentError(
-                f"content body of {len(body)} bytes is a JSON {type(parsed).__name__}, not an array", body=body
-            )
-        return FetchedContent(parsed, len(body))
+            return self._parsed(body, url, tenant_id, reservation)
+        except BaseException:
+            reservation.release()
+            raise
 
-    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+    async def _reserve(self, content_length: int | None) -> Reservation:
+        """Hold the memory this blob will cost before reading it (``core.budget``); a body over
+        the size cap is refused first, so it never waits for memory it will not use."""
         limit = self._max_blob_bytes
-        if limit is not None and response.content_length is not None and response.content_length > limit:
-            raise MalformedContentError(
-                f"blob of {response.content_length} bytes exceeds the limit of {limit} bytes"
-            )
+        if limit is not None and content_length is not None and content_length > limit:
+            raise MalformedContentError(f"blob of {content_length} bytes exceeds the limit of {limit} bytes")
+        if self._memory is None:
+            return NO_RESERVATION
+        # Without a Content-Length the body may be as large as the cap allows.
+        expected = content_length if content_length is not None else (limit or self._memory.limit)
+        return await self._memory.reserve(BLOB_MEMORY_FACTOR * expected)
+
+    def _parsed(self, body: bytes | bytearray, url: URL, tenant_id: str, reservation: Reservation) -> FetchedContent:
+        content = parse_content(body)
+        if not content.complete:
+            whole = sum(1 for r in content.records if type(r) is not RecoveredRecord or r.readable)
+            raise BodyCutOffError(
+                f"content body of {len(body)} bytes is not valid JSON (cut off or corrupt): {content.problem}; "
+                f"{whole} whole records before the cut", body=body, salvaged=content.records)
+        if content.not_an_array:
+            raise MalformedContentError(f"content body of {len(body)} bytes is {content.not_an_array}", body=body)
+        if content.recovered:
+            log.warning("content read leniently tenant_id=%s url_path=%s records=%d recovered=%d first_problem=%s",
+                        tenant_id, url.path, len(content.records), content.recovered, content.problem)
+        return FetchedContent(content.records, len(body), recovered=content.recovered,
+                              body=body if self._keep_body else None, reservation=reservation)
+
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes | bytearray:
+        limit = self._max_blob_bytes
         buffer = bytearray()
         try:
             async for chunk in response.content.iter_chunked(_CHUNK):
@@ -308,7 +343,9 @@ class ManagementApiClient:
             raise IncompleteContentError(
                 f"content body cut off after {len(buffer)} bytes: {exc}", body=bytes(buffer)
             ) from exc
-        return bytes(buffer)
+        # The buffer itself, not a bytes copy of it: a copy doubles the largest allocation of
+        # the whole blob's life (orjson reads a bytearray as it is).
+        return buffer
 
     # -- plumbing ----------------------------------------------------------------------------------
 

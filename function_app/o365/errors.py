@@ -116,10 +116,19 @@ class Verdict:
 
 
 class IncompleteContentError(MalformedContentError):
-    """A blob body that did not parse or arrived cut off: possibly a transport fault, so re-fetched.
+    """A blob body that arrived cut off: possibly a transport fault, so re-fetched.
 
     It is still a MalformedContentError, so once the retry policy stops re-fetching the core
     treats it like any other malformed blob.
+    """
+
+
+class BodyCutOffError(IncompleteContentError):
+    """A body that arrived whole by HTTP's account but whose array never closes (or is not JSON).
+
+    Re-fetched a few times within one delivery like any incomplete body; when every fetch
+    gives the same, the client reports it as a permanent MalformedContentError with the
+    records before the cut salvaged, so it is settled once instead of redelivered.
     """
 
 

@@ -332,17 +332,23 @@ def test_blob_error_answers(reply: Reply, error: type[Exception]) -> None:
     assert len(asyncio.run(scenario()).api.seen) == 1
 
 
-def test_blob_get_keeps_the_content_uri_and_adds_the_publisher() -> None:
+def test_blob_get_keeps_the_content_uri_and_adds_the_publisher_and_refuses_a_query() -> None:
+    refused: list[str] = []
+
     async def scenario() -> Harness:
         async with harness([json_reply([]), json_reply([])]) as h:
             await h.client.fetch_content(TENANT, h.blob_uri(CONTENT_ID))
-            await h.client.fetch_content(TENANT, h.blob_uri(CONTENT_ID) + "?keep=1%2B1")
+            # The API's content URIs carry no query: one that does is not ours to send a token to.
+            for suffix in ("?keep=1%2B1", f"?PublisherIdentifier={PUBLISHER}", "#frag"):
+                with pytest.raises(UntrustedMessageError) as caught:
+                    await h.client.fetch_content(TENANT, h.blob_uri(CONTENT_ID) + suffix)
+                refused.append(str(caught.value))
             return h
 
     seen = asyncio.run(scenario()).api.seen
     base = f"/api/v1.0/{TENANT}/activity/feed/audit/{CONTENT_ID}"
-    assert seen[0].raw_path == f"{base}?PublisherIdentifier={PUBLISHER}"
-    assert seen[1].raw_path == f"{base}?keep=1%2B1&PublisherIdentifier={PUBLISHER}"
+    assert [s.raw_path for s in seen] == [f"{base}?PublisherIdentifier={PUBLISHER}"]
+    assert refused == ["contentUri carries a query string or fragment"] * 3
 
 
 def test_truncated_body_is_refetched_then_declared_malformed() -> None:
