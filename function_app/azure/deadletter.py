@@ -63,11 +63,13 @@ class BlobDeadLetterStore:
                     await self._client.create_container()
                 self._ready = True
 
-    async def put_content(self, blob: ContentBlob, raw: bytes, reason: str) -> str:
+    async def put_content(self, blob: ContentBlob, raw: bytes | bytearray, reason: str) -> str:
         """Keep *raw* as *blob*'s content (replacing an earlier copy); returns ``container/name``."""
         await self._ensure()
         name = content_blob_name(blob)
-        await self._client.upload_blob(name, raw, overwrite=True, metadata={
+        # The SDK takes bytes, not a bytearray; a copy on this rare path costs nothing that matters.
+        data = bytes(raw) if isinstance(raw, bytearray) else raw
+        await self._client.upload_blob(name, data, overwrite=True, metadata={
             "tenant_id": blob.tenant_id, "content_type": blob.content_type,
             "content_id": _meta(blob.content_id), "reason": _meta(reason),
             "kept_at": self._clock().isoformat(),
@@ -100,7 +102,9 @@ class BlobDeadLetterStore:
         key = message_id if message_id and re.fullmatch(r"[A-Za-z0-9\-]{1,100}", message_id) else (
             hashlib.sha256(raw).hexdigest())
         name = f"messages/{self._clock():%Y-%m-%d}/{key}.txt"
-        await self._client.upload_blob(name, raw, overwrite=True, metadata={
+        # The SDK takes bytes, not a bytearray; a copy on this rare path costs nothing that matters.
+        data = bytes(raw) if isinstance(raw, bytearray) else raw
+        await self._client.upload_blob(name, data, overwrite=True, metadata={
             "reason": _meta(reason), "kept_at": self._clock().isoformat(),
         })
         return self._location(name)

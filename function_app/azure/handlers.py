@@ -24,10 +24,9 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-
-import orjson
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
 
 from function_app.config import AzureSettings, Settings
 from function_app.core.collector import Planner, PlanRequest
@@ -203,7 +202,7 @@ class RetryLaterError(Exception):
 class _TransientFetchError(Exception):
     # Deliberately not an ApiError or MalformedContentError: process_blob would settle those
     # as failed, and these should go back to the queue instead.
-    def __init__(self, cause: BaseException, body: bytes | None) -> None:
+    def __init__(self, cause: BaseException, body: bytes | bytearray | None) -> None:
         super().__init__(f"{type(cause).__name__}: {cause}")
         self.body = body
 
@@ -215,7 +214,7 @@ class _Attempt:
     def __init__(self, api: ActivityApi) -> None:
         self._api = api
         self.fetched: FetchedContent | None = None
-        self.bad_body: bytes | None = None
+        self.bad_body: bytes | bytearray | None = None
 
     async def start_subscription(self, tenant_id: str, content_type: str) -> None:
         await self._api.start_subscription(tenant_id, content_type)
@@ -260,40 +259,35 @@ def _trusted(rt: Runtime, blob: ContentBlob) -> None:
         raise UntrustedMessageError(text, field="contentUri") from None
 
 
-async def _reject(rt: Runtime, body: bytes, blob: ContentBlob | None, exc: UntrustedMessageError,
-                  *, message_id: str | None) -> MessageOutcome:
-    """Log a rejected message, keep it, and settle the blob it names as failed, unless the
-    ledger already knows that blob from a listing (then the message, not the blob, is bad)."""
+async def _reject(rt: Runtime, body: bytes, exc: UntrustedMessageError, *, message_id: str | None) -> MessageOutcome:
+    """Keep a rejected message in the dead letter and log it; the blob it names is left alone.
+
+    A message is anyone's to write, so a bad one says nothing about the blob: settling that
+    blob would let a forged message erase a genuine one. A genuine blob whose own message was
+    bad is still ``listed``/``queued`` in the ledger and is re-enqueued by the timer."""
     reason = f"UntrustedMessageError: {exc}"
     location = await rt.deadletter.put_message(body, reason, message_id=message_id)
-    if blob is None:
-        log.error("message rejected message_id=%s reason=%s kept=%s (it names no blob)", message_id, exc, location)
-        return MessageOutcome("rejected", None, None, reason)
-    log.error("message rejected tenant_id=%s content_type=%s content_id=%s message_id=%s reason=%s kept=%s",
-              *_ctx(blob), message_id, exc, location)
-    row = await rt.state.ledger_row(blob)
-    unsettled_same_uri = (row is not None and row.get("Status") not in _TERMINAL
-                          and row.get("ContentUri") == blob.content_uri)
-    if row is None or unsettled_same_uri:
-        await rt.state.mark(blob, BlobStatus.FAILED, at=utc(rt.clock()), error=f"{reason} (message kept at {location})")
-        return MessageOutcome("rejected", blob, BlobStatus.FAILED, reason)
-    log.warning("ledger row left as it is tenant_id=%s content_type=%s content_id=%s status=%s "
-                "(the message disagrees with the listing)", *_ctx(blob), row.get("Status"))
-    return MessageOutcome("rejected", blob, None, reason)
-
-
-def _named_blob(rt: Runtime, body: bytes) -> ContentBlob | None:
-    """A placeholder for the blob a message that failed validation names, to record the failure on."""
     identity = message_identity(body)
-    if identity is None or identity[0] not in rt.apis:
-        return None
-    now = utc(rt.clock())
-    try:
-        raw_uri = orjson.loads(body).get("contentUri")
-    except (orjson.JSONDecodeError, AttributeError):
-        raw_uri = None
-    uri = raw_uri[:2048] if isinstance(raw_uri, str) else ""
-    return ContentBlob(*identity, uri, now, now + timedelta(days=7))
+    if identity is None:
+        log.error("message rejected message_id=%s reason=%s kept=%s (it names no blob)", message_id, exc, location)
+    else:
+        log.error("message rejected tenant_id=%s content_type=%s content_id=%s message_id=%s reason=%s kept=%s "
+                  "(the blob it names is left as the ledger has it)", *identity, message_id, exc, location)
+    return MessageOutcome("rejected", None, None, reason)
+
+
+def _as_listed(blob: ContentBlob, row: Mapping[str, Any] | None) -> ContentBlob:
+    """*blob* with the URI and times the ledger recorded when the blob was listed: what the API
+    said wins over what a message says."""
+    if row is None:
+        return blob
+    uri, created, expiration = row.get("ContentUri"), row.get("ContentCreated"), row.get("ContentExpiration")
+    return replace(
+        blob,
+        content_uri=uri if isinstance(uri, str) and uri else blob.content_uri,
+        content_created=utc(created) if isinstance(created, datetime) else blob.content_created,
+        content_expiration=utc(expiration) if isinstance(expiration, datetime) else blob.content_expiration,
+    )
 
 
 async def handle_message(
@@ -308,19 +302,20 @@ async def handle_message(
     """
     try:
         blob = decode_message(body)
-    except UntrustedMessageError as exc:
-        return await _reject(rt, body, _named_blob(rt, body), exc, message_id=message_id)
-    try:
         _trusted(rt, blob)
     except UntrustedMessageError as exc:
-        known = blob if blob.tenant_id in rt.apis else None
-        return await _reject(rt, body, known, exc, message_id=message_id)
+        return await _reject(rt, body, exc, message_id=message_id)
 
     owner = f"{rt.instance}/{message_id or uuid.uuid4().hex}"
     if not await rt.state.claim(blob, owner, rt.azure.claim_lease, utc(rt.clock())):
         log.info("message skipped: blob settled or claimed elsewhere tenant_id=%s content_type=%s content_id=%s "
                  "dequeue_count=%d", *_ctx(blob), dequeue_count)
         return MessageOutcome("skipped", blob)
+    listed = _as_listed(blob, await rt.state.ledger_row(blob))
+    if listed != blob:
+        log.warning("message disagrees with the ledger; the listed values are used tenant_id=%s content_type=%s "
+                    "content_id=%s message_id=%s", *_ctx(blob), message_id)
+        blob = listed
 
     attempt = _Attempt(rt.api_for(blob.tenant_id).api)
     try:
@@ -331,32 +326,38 @@ async def handle_message(
         raise RetryLaterError(
             f"content {blob.content_id} of tenant {blob.tenant_id} ({blob.content_type}) will be retried: "
             f"{type(exc).__name__}: {exc}") from exc
-    if outcome.status is BlobStatus.FAILED and attempt.bad_body:
+    if outcome.status is BlobStatus.FAILED and attempt.bad_body is not None:
         await rt.deadletter.put_content(blob, attempt.bad_body, outcome.error or "failed")
     return MessageOutcome("processed", blob, outcome.status, outcome.error)
 
 
 async def _retry_later(rt: Runtime, blob: ContentBlob, owner: str, attempt: _Attempt, exc: Exception,
                        dequeue_count: int) -> None:
-    """Record a failed delivery on the ledger row (still ``queued``), keep what content there
-    is, and drop the claim so the redelivery (on any instance) need not wait for the lease."""
-    error = f"delivery {dequeue_count}: {type(exc).__name__}: {exc}"
+    """Record a failed delivery on the ledger row (still ``queued``), keep the content exactly as
+    fetched, and drop the claim so the redelivery (on any instance) need not wait for the lease.
+
+    Nothing here may fail in turn: each step is attempted whatever became of the others, so the
+    error is recorded, the raw bytes kept and the claim released as far as Storage allows; the
+    queue redelivers the message and the stale-row sweep covers a row these writes missed.
+    """
+    error = f"delivery {dequeue_count}: {type(exc).__name__}: {_describe(exc)}"
     log.error("delivery failed, will be retried tenant_id=%s content_type=%s content_id=%s error=%s",
               *_ctx(blob), error)
     if isinstance(exc, _TransientFetchError):
         raw = exc.body
-    elif attempt.fetched is not None:
-        # Fetched fine but not written (ADX or Storage failed): keep the records, re-serialised,
-        # so they can be replayed after the API's copy expires.
-        raw = orjson.dumps(attempt.fetched.records)
+    elif attempt.fetched is not None and attempt.fetched.body is not None:
+        # Fetched fine but not written (ADX or Storage failed): the bytes as the API sent them,
+        # never re-serialised (a record the serialiser refuses would lose the copy too).
+        raw = attempt.fetched.body
     else:
-        raw = None
-    # Best effort from here on: the queue retries the message whatever happens, and the
-    # stale-row sweep covers a row these writes could not reach.
-    try:
-        if raw:
+        raw = attempt.bad_body
+    if raw:
+        try:
             location = await rt.deadletter.put_content(blob, raw, error)
             error += f" (raw content kept at {location})"
+        except Exception:
+            log.exception("could not keep the raw content tenant_id=%s content_type=%s content_id=%s", *_ctx(blob))
+    try:
         await rt.state.mark(blob, BlobStatus.QUEUED, at=utc(rt.clock()), error=error)
     except Exception:
         log.exception("could not record the failed delivery tenant_id=%s content_type=%s content_id=%s",
@@ -365,6 +366,13 @@ async def _retry_later(rt: Runtime, blob: ContentBlob, owner: str, attempt: _Att
         await rt.state.release(blob, owner)
     except Exception:
         log.exception("could not release the claim tenant_id=%s content_type=%s content_id=%s", *_ctx(blob))
+
+
+def _describe(exc: BaseException) -> str:
+    try:
+        return str(exc)[:2000]
+    except Exception:  # an exception whose message cannot be made must not stop the bookkeeping
+        return "(no message)"
 
 
 # -- poison queue: the dead letter ---------------------------------------------------------------
@@ -382,8 +390,7 @@ async def handle_poison(
         blob = decode_message(body)
         _trusted(rt, blob)
     except UntrustedMessageError as exc:
-        named = _named_blob(rt, body)
-        return await _reject(rt, body, named, exc, message_id=message_id)
+        return await _reject(rt, body, exc, message_id=message_id)
     row = await rt.state.ledger_row(blob)
     status = row.get("Status") if row else None
     if status in _TERMINAL:

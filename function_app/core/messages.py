@@ -52,6 +52,10 @@ def check_content_uri(content_uri: str, api_root: str, tenant_id: str) -> None:
         raise UntrustedMessageError(f"contentUri is not a URL: {exc}") from exc
     if uri.username is not None or uri.password is not None:
         raise UntrustedMessageError("contentUri carries user info")
+    # The API's content URIs carry no query or fragment; the client adds PublisherIdentifier
+    # itself. A query would let a message pick parameters the token is sent with.
+    if uri.query or uri.fragment or "?" in content_uri or "#" in content_uri:
+        raise UntrustedMessageError("contentUri carries a query string or fragment")
     if uri.scheme.lower() != root.scheme.lower() or uri.netloc.lower() != root.netloc.lower():
         raise UntrustedMessageError(
             f"contentUri host {uri.scheme}://{uri.netloc} is not the Management API host "
@@ -63,7 +67,7 @@ def check_content_uri(content_uri: str, api_root: str, tenant_id: str) -> None:
     if not uri.path.lower().startswith(prefix.lower()):
         raise UntrustedMessageError(f"contentUri path is not under {prefix}")
     content_id = uri.path[len(prefix):]
-    if not content_id or "/" in content_id or content_id in {".", ".."} or "%2f" in content_id.lower():
+    if not content_id or "/" in content_id or not content_id.strip(".") or "%2f" in content_id.lower():
         raise UntrustedMessageError("contentUri does not end in a single content id")
 
 
@@ -114,7 +118,7 @@ def _content_id(data: dict[str, Any]) -> str:
     value = _text_field(data, "contentId")
     if len(value) > MAX_CONTENT_ID_CHARS:
         raise _reject("contentId", f"longer than {MAX_CONTENT_ID_CHARS} characters")
-    if not _CONTENT_ID.match(value) or ".." in value:
+    if not _CONTENT_ID.match(value) or ".." in value or not value.strip("."):
         raise _reject("contentId", "contains characters a content id never has")
     return value
 
