@@ -13,7 +13,12 @@ import os
 import azure.functions as func
 
 from function_app.config import app_settings
-from function_app.triggers import collect, content
+from function_app.logredact import install_log_redaction
+from function_app.triggers import collect, content, ingest_failures
+
+# Before any client exists: every log record of the process, whatever its logger and level,
+# has SAS signatures and tokens blanked (urllib3 and azure-core log full URLs at DEBUG).
+install_log_redaction()
 
 if os.environ.get("FUNCTIONS_WORKER_RUNTIME"):
     app_settings()
@@ -24,3 +29,4 @@ if os.environ.get("FUNCTIONS_WORKER_RUNTIME"):
 app = func.FunctionApp()
 app.register_functions(collect.bp)
 app.register_functions(content.bp)
+app.register_functions(ingest_failures.bp)

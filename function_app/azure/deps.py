@@ -21,10 +21,12 @@ from azure.identity import ManagedIdentityCredential
 
 from function_app.azure.deadletter import BlobDeadLetterStore
 from function_app.azure.handlers import Runtime, TenantApi
+from function_app.azure.ingest_failures import FailureReports, StatusQueueReports
 from function_app.azure.mirror import AdxMirroredState
 from function_app.azure.queue import StorageContentQueue
 from function_app.azure.storage import container_client, queue_client, storage_credential, table_service
 from function_app.config import AppSettings, app_settings
+from function_app.core.budget import MemoryBudget
 from function_app.lake.adx import AdxSink
 from function_app.o365.auth import TokenProvider, token_provider_from_env
 from function_app.o365.client import ManagementApiClient
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 class _Built:
     runtime: Runtime
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    failure_reports: FailureReports | None = None
 
 
 _built: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[_Built]] = weakref.WeakKeyDictionary()
@@ -88,6 +91,8 @@ async def build_runtime(cfg: AppSettings) -> tuple[Runtime, list[Callable[[], Aw
     closers.append(session.close)
     publisher = core.publisher_id or core.tenants[0].tenant_id
     clients: dict[str, ManagementApiClient] = {}
+    # One budget for the whole instance: every message the host runs at once draws from it.
+    memory = MemoryBudget(core.memory_budget_mb * 1024 * 1024)
     apis: dict[str, TenantApi] = {}
     for tenant in core.tenants:
         cloud = Cloud.parse(tenant.cloud)
@@ -103,6 +108,8 @@ async def build_runtime(cfg: AppSettings) -> tuple[Runtime, list[Callable[[], Aw
                 retry=RetryPolicy(max_attempts=core.retry_attempts, base_delay=core.retry_base,
                                   max_delay=core.retry_max),
                 timeout=core.http_timeout, max_blob_bytes=core.max_blob_bytes,
+                # The exact bytes, for the dead letter of a blob whose write fails after the fetch.
+                keep_body=True, memory=memory,
             )
             clients[root] = client
         apis[tenant.tenant_id] = TenantApi(client, client.api_root, _throttle_counter(client))
@@ -117,15 +124,16 @@ async def build_runtime(cfg: AppSettings) -> tuple[Runtime, list[Callable[[], Aw
 
 async def _build() -> _Built:
     runtime, closers = await build_runtime(app_settings())
-    return _Built(runtime, closers)
+    reports: StatusQueueReports | None = None
+    if isinstance(runtime.sink, AdxSink):
+        # The status queues of the sink's own data-management service (SAS URLs it hands out).
+        reports = StatusQueueReports(runtime.sink.failure_queue_urls)
+        # Before the sink's closer: the report clients are plain Storage clients.
+        closers.insert(0, reports.close)
+    return _Built(runtime, closers, reports)
 
 
-async def runtime() -> Runtime:
-    """The Runtime of the running event loop, built on first use from ``app_settings()``.
-
-    Raises SettingsError (naming the setting) while the configuration is bad; a failed build
-    is not cached, so a fixed setting takes effect without restarting the process.
-    """
+async def _built_for_loop() -> _Built:
     app_settings()  # validate first: the error names the setting, not a client
     loop = asyncio.get_running_loop()
     task = _built.get(loop)
@@ -134,11 +142,29 @@ async def runtime() -> Runtime:
         _built[loop] = task
     try:
         # Shielded: one invocation being cancelled must not cancel the build the others await.
-        return (await asyncio.shield(task)).runtime
+        return await asyncio.shield(task)
     except BaseException:
         if _built.get(loop) is task and task.done():
             del _built[loop]
         raise
+
+
+async def runtime() -> Runtime:
+    """The Runtime of the running event loop, built on first use from ``app_settings()``.
+
+    Raises SettingsError (naming the setting) while the configuration is bad; a failed build
+    is not cached, so a fixed setting takes effect without restarting the process.
+    """
+    return (await _built_for_loop()).runtime
+
+
+async def failure_reports() -> FailureReports:
+    """The ADX failed-ingestions status queues of the running loop's Runtime (built on first
+    use, as ``runtime``)."""
+    reports = (await _built_for_loop()).failure_reports
+    if reports is None:  # pragma: no cover - build_runtime always makes an AdxSink
+        raise RuntimeError("the Runtime's sink is not ADX: there are no ingestion failure reports to read")
+    return reports
 
 
 async def close_runtime() -> None:

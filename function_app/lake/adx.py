@@ -7,12 +7,18 @@ the materialized views in ``infra/kql`` drop the duplicates at query time. Inges
 are deliberately not used: streaming ingestion ignores them, and ADX advises against one
 tag per ingestion.
 
+Queued ingestion is asynchronous: an accepted ingestion can still fail in the service. Such
+failures are reported to the failed-ingestions status queue (``failure_queue_urls``); each
+ingestion's stream name encodes its blob (``stream_name``, ``blob_key``) so the watcher in
+``function_app.azure.ingest_failures`` can settle that blob's ledger row.
+
 The Kusto SDK is synchronous (``requests``); every call runs in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import gzip
 import io
 import logging
@@ -20,7 +26,8 @@ import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, Protocol
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from azure.core.credentials import TokenCredential
@@ -34,9 +41,12 @@ from azure.kusto.ingest import (
     ReportLevel,
     StreamDescriptor,
 )
+from azure.kusto.ingest.status import KustoIngestStatusQueues
 
 from function_app.core.model import ContentBlob, WriteResult, utc
+from function_app.lake.cells import repaired_row
 from function_app.lake.schema import TABLES_BY_NAME, Kind, Table, json_mapping_name
+from function_app.logredact import redact as redact  # re-exported; defined once, with the log redaction
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +57,50 @@ SOURCE_ID_NAMESPACE = uuid.UUID("5b0f8c52-3f0e-4c55-9a43-2f1d6f7a0c11")
 _DUMPS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
 
 
-_SAS_SIGNATURE = re.compile(r"(?i)\bsig=[^&\s'\"]+")
+# The stream name of every ingestion carries its blob's identity, so a failure ADX reports
+# later (its IngestionSourcePath is the temp blob, named {db}__{table}__{source id}__{stream
+# name}) leads back to the ledger row: "al1-" (version 1), the identity as unpadded base64url
+# (tenant id, content type, content id joined by newlines), ".", 32 hex digits unique per
+# attempt (the temp blob is uploaded without overwrite), ".json.gz" (the service reads the
+# suffix to know the blob is compressed). base64url keeps any content id valid in a blob
+# name and in a URL, unchanged by percent-encoding; with a 256-character content id and a
+# 260-character database name the blob name stays under the 1,024-character limit.
+STREAM_PREFIX = "al1-"
+_STREAM_NAME = re.compile(r"(?:^|__)al1-([A-Za-z0-9_-]+)\.[0-9a-f]{32}\.json(?:\.gz)?$")
+MAX_BLOB_NAME_CHARS = 1024
 
 
-def redact(text: str) -> str:
-    """*text* with SAS signatures blanked: SDK errors can quote the storage URLs they used."""
-    return _SAS_SIGNATURE.sub("sig=REDACTED", text)
+class BlobKey(NamedTuple):
+    """The identity of a content blob: what its ledger row is keyed by."""
+
+    tenant_id: str
+    content_type: str
+    content_id: str
+
+
+def stream_name(blob: ContentBlob) -> str:
+    """A new stream name (unique per call) for an ingestion of *blob*'s rows; see ``blob_key``."""
+    identity = "\n".join((blob.tenant_id, blob.content_type, blob.content_id)).encode("utf-8")
+    token = base64.urlsafe_b64encode(identity).rstrip(b"=").decode("ascii")
+    return f"{STREAM_PREFIX}{token}.{uuid.uuid4().hex}.json.gz"
+
+
+def blob_key(source_path: str) -> BlobKey | None:
+    """The blob an ingestion was made for, from its IngestionSourcePath (the temp blob's URL,
+    with or without its SAS, or just its name); None if the path is not one this sink named."""
+    name = unquote(urlsplit(source_path).path.rsplit("/", 1)[-1])
+    m = _STREAM_NAME.search(name)
+    if m is None:
+        return None
+    token = m.group(1)
+    try:
+        text = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):  # binascii.Error is a ValueError
+        return None
+    parts = text.split("\n")
+    if len(parts) != 3 or not all(parts):
+        return None
+    return BlobKey(*parts)
 
 
 class AdxIngestError(Exception):
@@ -69,7 +117,7 @@ class AdxIngestError(Exception):
         self.cause = cause
 
 
-def source_id(blob: ContentBlob, table: str) -> uuid.UUID:
+def source_id(blob: ContentBlob | BlobKey, table: str) -> uuid.UUID:
     """The deterministic ingestion source id of *table*'s rows of *blob*."""
     return uuid.uuid5(SOURCE_ID_NAMESPACE, "\n".join((blob.tenant_id, blob.content_type, blob.content_id, table)))
 
@@ -81,20 +129,61 @@ def _cell(kind: Kind, value: Any) -> Any:
     return value
 
 
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=_DUMPS)
+
+
 def to_json_lines(table: Table, rows: Sequence[Mapping[str, Any]]) -> bytes:
     """*rows* as JSON lines: exactly *table*'s columns (missing ones null, extra keys
-    dropped), datetimes ISO 8601 UTC with ``Z``, dynamic values as nested JSON."""
+    dropped), datetimes ISO 8601 UTC with ``Z``, dynamic values as nested JSON.
+
+    Never raises on row content: a row with a value orjson refuses is written with that
+    cell as its bounded text, flagged in ``Quality`` (see ``lake.cells``)."""
+    out = io.BytesIO()
+    write_json_lines(table, rows, out)
+    return out.getvalue()
+
+
+_FLUSH_BYTES = 1024 * 1024
+
+
+class _Writable(Protocol):
+    def write(self, data: bytes | bytearray, /) -> int: ...
+
+
+def write_json_lines(table: Table, rows: Sequence[Mapping[str, Any]], out: _Writable) -> int:
+    """Write ``to_json_lines`` of *rows* to *out* in chunks of about a megabyte; returns the bytes written.
+
+    Chunked so that a large blob's JSON lines never exist whole in memory: written into a gzip
+    stream they cost only their compressed size (``core.budget`` counts on it)."""
     columns = [(c.name, c.kind) for c in table.columns]
-    out = bytearray()
+    chunk = bytearray()
+    written = 0
     for row in rows:
-        out += orjson.dumps({name: _cell(kind, row.get(name)) for name, kind in columns}, option=_DUMPS)
-        out += b"\n"
-    return bytes(out)
+        cells = {name: _cell(kind, row.get(name)) for name, kind in columns}
+        try:
+            chunk += orjson.dumps(cells, option=_DUMPS)
+        except (TypeError, ValueError, RecursionError):  # orjson.JSONEncodeError is a TypeError
+            chunk += orjson.dumps(repaired_row(table, cells, _dumps), option=_DUMPS)
+        chunk += b"\n"
+        if len(chunk) >= _FLUSH_BYTES:
+            out.write(chunk)
+            written += len(chunk)
+            chunk.clear()
+    if chunk:
+        out.write(chunk)
+        written += len(chunk)
+    return written
 
 
-def _gzip(data: bytes) -> bytes:
+def gzipped_json_lines(table: Table, rows: Sequence[Mapping[str, Any]]) -> tuple[io.BytesIO, int]:
+    """The gzip of ``to_json_lines`` (rewound, ready to upload) and the uncompressed size."""
+    buffer = io.BytesIO()
     # mtime=0 keeps the payload byte-identical across retries of the same rows.
-    return gzip.compress(data, compresslevel=6, mtime=0)
+    with gzip.GzipFile(fileobj=buffer, mode="wb", compresslevel=6, mtime=0) as compressed:
+        size = write_json_lines(table, rows, compressed)
+    buffer.seek(0)
+    return buffer, size
 
 
 def _kcsb(uri: str, credential: TokenCredential | None) -> Any:
@@ -140,6 +229,22 @@ class AdxSink:
         """Release the client's HTTP sessions."""
         self._client.close()
 
+    @property
+    def database(self) -> str:
+        return self._database
+
+    def failure_queue_urls(self) -> list[str]:
+        """The SAS URLs of the data-management service's failed-ingestions status queues,
+        where ingestions accepted earlier and failed later are reported (``report_level``
+        FailuresOnly, report method Queue). Blocking: asks the service for its ingestion
+        resources when the SDK's cache (1 h) is stale.
+        """
+        # A managed streaming client reports its queued fallbacks through its queued client.
+        queued = getattr(self._client, "queued_client", self._client)
+        # The SDK's public way to its status queues; its constructor is unannotated.
+        status = KustoIngestStatusQueues(queued)  # type: ignore[no-untyped-call]
+        return [str(q.url) for q in status.failure.get_queues_func()]
+
     def _properties(self, table: Table) -> Any:
         return IngestionProperties(
             self._database,
@@ -155,16 +260,15 @@ class AdxSink:
         )
 
     def _ingest(self, blob: ContentBlob, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-        raw = to_json_lines(table, rows)
+        stream, size = gzipped_json_lines(table, rows)
         # The temp blob is named {db}__{table}__{source_id}__{stream_name} and uploaded
         # without overwrite, so with a deterministic source id a retry of the same blob
-        # would fail with BlobAlreadyExists: the stream name is unique per attempt. It
-        # must end in .gz, which is how the service knows the blob is compressed.
+        # would fail with BlobAlreadyExists: the stream name is unique per attempt, and
+        # names the blob for failure reports (see ``stream_name``).
         # size is the uncompressed size: it becomes RawDataSize, which the service uses to
         # decide when a batch is full.
-        descriptor = StreamDescriptor(io.BytesIO(_gzip(raw)), source_id=source_id(blob, table.name),
-                                      is_compressed=True, stream_name=f"{uuid.uuid4().hex}.json.gz",
-                                      size=len(raw))
+        descriptor = StreamDescriptor(stream, source_id=source_id(blob, table.name),
+                                      is_compressed=True, stream_name=stream_name(blob), size=size)
         try:
             self._client.ingest_from_stream(descriptor, self._properties(table))
         except Exception as exc:

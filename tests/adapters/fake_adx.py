@@ -4,6 +4,13 @@ It answers the two management commands ``QueuedIngestClient`` sends
 (``.get ingestion resources`` and ``.get kusto identity token``) with SAS URLs into
 Azurite, so the real SDK uploads its blob and posts its queue message there;
 ``read_ingestions`` then pops those messages and reads the blobs back as rows.
+
+``report_failure`` plays the service failing an ingestion after it accepted it: it posts a
+failure report onto the failed-ingestions status queue the way the data-management service
+does (base64 of a JSON object with OperationId, Database, Table, FailedOn, IngestionSourceId,
+IngestionSourcePath, Details, ErrorCode, FailureStatus, RootActivityId,
+OriginatesFromUpdatePolicy, ShouldRetry), where ``KustoIngestStatusQueues(client).failure``
+and the app's watcher read it.
 """
 
 from __future__ import annotations
@@ -12,16 +19,17 @@ import base64
 import gzip
 import json
 import threading
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.data.tables import TableSasPermissions, TableServiceClient, generate_table_sas
 from azure.storage.blob import BlobClient, BlobServiceClient, ContainerSasPermissions, generate_container_sas
-from azure.storage.queue import QueueSasPermissions, QueueServiceClient, generate_queue_sas
+from azure.storage.queue import QueueClient, QueueSasPermissions, QueueServiceClient, generate_queue_sas
 
 from tests.azurite import Azurite
 
@@ -56,6 +64,12 @@ class Ingestion:
     @property
     def source_id(self) -> str:
         return str(self.message["Id"])
+
+    @property
+    def blob_url(self) -> str:
+        """The temp blob's URL without its SAS (what a failure report names)."""
+        url = urlsplit(str(self.message["BlobPath"]))
+        return urlunsplit((url.scheme, url.netloc, url.path, "", ""))
 
 
 @dataclass
@@ -188,6 +202,51 @@ class FakeAdx:
             ["TempStorage", f"{az.blob_endpoint}/{CONTAINER}?{container_sas}"],
             ["IngestionsStatusTable", f"{az.table_endpoint}/{STATUS_TABLE}?{table_sas}"],
         ]
+
+    def _failed_queue(self) -> QueueClient:
+        return QueueServiceClient.from_connection_string(self.azurite.connection_string).get_queue_client(
+            FAILED_QUEUE)
+
+    def report_failure(
+        self,
+        ingestion: Ingestion,
+        *,
+        error_code: str = "BadRequest_MappingReferenceWasNotFound",
+        details: str = "Mapping reference was not found.",
+        status: str | int = "Permanent",
+        from_update_policy: bool = False,
+        should_retry: bool | None = None,
+        source_path: str | None = None,
+    ) -> dict[str, Any]:
+        """Fail *ingestion* after the fact, as the service would: post its failure report
+        (base64 JSON) onto the failed-ingestions queue; returns the report."""
+        report: dict[str, Any] = {
+            "OperationId": str(uuid.uuid4()),
+            "Database": ingestion.database,
+            "Table": ingestion.table,
+            "FailedOn": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "IngestionSourceId": ingestion.source_id,
+            "IngestionSourcePath": source_path if source_path is not None else ingestion.blob_url,
+            "Details": details,
+            "ErrorCode": error_code,
+            "FailureStatus": status,
+            "RootActivityId": str(uuid.uuid4()),
+            "OriginatesFromUpdatePolicy": from_update_policy,
+            "ShouldRetry": status == "Transient" if should_retry is None else should_retry,
+        }
+        self.post_failure_message(base64.b64encode(json.dumps(report).encode("utf-8")).decode("ascii"))
+        return report
+
+    def post_failure_message(self, content: str) -> None:
+        """Put *content* on the failed-ingestions queue exactly as given (for malformed reports)."""
+        self._failed_queue().send_message(content)
+
+    def failure_messages(self) -> list[str]:
+        """The messages now visible on the failed-ingestions queue (peeked, not taken)."""
+        return [str(m.content) for m in self._failed_queue().peek_messages(max_messages=32)]
+
+    def clear_failures(self) -> None:
+        self._failed_queue().clear_messages()
 
     def commands(self) -> list[str]:
         return [r.csl for r in self.requests]

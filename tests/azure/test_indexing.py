@@ -32,6 +32,8 @@ EXPECTED = {
                         "connection": "AzureWebJobsStorage"},
     "record_dead_letter": {"type": "queueTrigger", "name": "msg", "queueName": "%CONTENT_QUEUE%-poison",
                            "connection": "AzureWebJobsStorage"},
+    # ADX ingestion failures reported after acceptance, read on the collect schedule.
+    "watch_ingestion_failures": {"type": "timerTrigger", "name": "timer", "schedule": "%COLLECT_SCHEDULE%"},
 }
 
 
