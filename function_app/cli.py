@@ -21,6 +21,7 @@ import orjson
 
 from function_app.config import Settings, SettingsError, is_guid, parse_content_types
 from function_app.core.model import CONTENT_TYPES, BlobStatus
+from function_app.logredact import install_log_redaction
 
 DEFAULT_LAKE = ".auditlake/lake.duckdb"
 DEMO_TENANT = "8f3c2a1e-5b4d-4c6e-9a7b-1d2e3f4a5b6c"
@@ -137,14 +138,23 @@ def _text(value: Any) -> str:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from function_app.lake.duckdb_lake import LocalLake
+    import duckdb
+
+    from function_app.lake.duckdb_lake import LakeUnavailableError, LocalLake, lake_failure
 
     try:
         lake = LocalLake(args.lake, read_only=True)
     except FileNotFoundError:
         raise CliError(f"no lake at {args.lake}; run `auditlake collect` or `auditlake demo` first") from None
+    except LakeUnavailableError as exc:
+        raise CliError(lake_error_line(exc, "query")) from None
     try:
         columns, types, rows = run_kql(lake.connection, args.kql)
+    except duckdb.Error as exc:
+        failure = lake_failure(lake.path, exc, action="read")
+        if failure is None:
+            raise
+        raise CliError(lake_error_line(failure, "query")) from None
     finally:
         lake.close()
     print_result(columns, types, rows, args.format)
@@ -290,8 +300,28 @@ def _settings(args: argparse.Namespace) -> Settings:
     return replace(settings, **overrides)
 
 
+def lake_error_line(exc: Any, command: str) -> str:
+    """One line for a LakeUnavailableError: what failed, why, and what to do about it."""
+    from function_app.lake.duckdb_lake import LakeCause
+
+    cause = exc.cause
+    if cause in (LakeCause.NOT_A_LAKE, LakeCause.DAMAGED):
+        advice = "restore it from a backup, or choose another --lake"
+    elif cause is LakeCause.LOCKED:
+        advice = "another process has it open: stop it, or choose another --lake"
+    elif command == "query":
+        advice = "nothing was changed"
+    elif cause is LakeCause.DISK_FULL:
+        advice = f"nothing was lost: rerun {command} after freeing space"
+    elif cause is LakeCause.OUT_OF_MEMORY:
+        advice = f"nothing was lost: rerun {command} with more memory free"
+    else:
+        advice = f"nothing was lost: rerun {command}"
+    return f"{exc}; {advice}"
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
-    from function_app.lake.duckdb_lake import LocalLake
+    from function_app.lake.duckdb_lake import LakeUnavailableError, LocalLake
     from function_app.localrun import Progress, collect
 
     settings = _settings(args)
@@ -303,7 +333,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
             else CONTENT_TYPES
     except SettingsError as exc:
         raise CliError(str(exc)) from exc
-    lake = LocalLake(args.lake)
+    try:
+        lake = LocalLake(args.lake)
+    except LakeUnavailableError as exc:
+        raise CliError(lake_error_line(exc, "collect")) from None
     started = datetime.now(UTC)
     try:
         with _ProgressView(enabled=sys.stderr.isatty() and not args.quiet) as view:
@@ -311,6 +344,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
                                          once=args.once, interval=args.interval,
                                          progress=Progress(view.listed, view.settled)))
         print_summary(lake.connection, started)
+    except LakeUnavailableError as exc:
+        # Every blob not settled is still listed or queued in the ledger: the next run re-drives it.
+        raise CliError(lake_error_line(exc, "collect")) from None
     finally:
         lake.close()
     failed, expired = report.count(BlobStatus.FAILED), report.count(BlobStatus.EXPIRED)
@@ -436,12 +472,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.verbose:
         # The summary names every failed or expired blob; keep the log to what goes wrong.
         logging.getLogger().setLevel(logging.ERROR)
+    from function_app.lake.duckdb_lake import LakeUnavailableError
+
     lake_path = Path(args.lake)
     _prepare_demo_lake(lake_path)
-    return asyncio.run(_demo(args, lake_path))
+    try:
+        return asyncio.run(_demo(args, lake_path))
+    except LakeUnavailableError as exc:
+        raise CliError(lake_error_line(exc, "demo")) from None
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from function_app.lake.duckdb_lake import LakeUnavailableError
     from function_app.replay import replay
 
     settings = _settings(args)
@@ -451,6 +493,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             tenant_id=args.tenant_id, content_ids=args.content_id or (), from_deadletter=args.from_deadletter,
             dry_run=args.dry_run,
         ))
+    except LakeUnavailableError as exc:
+        raise CliError(lake_error_line(exc, "replay")) from None
     except ValueError as exc:
         print(f"auditlake: usage: {exc}", file=sys.stderr)
         return 2
@@ -546,6 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    # Before any client logs: SAS signatures and tokens never reach the terminal, at any level.
+    install_log_redaction()
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         return int(args.func(args))

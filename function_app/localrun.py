@@ -50,7 +50,11 @@ async def collect(
     stop: asyncio.Event | None = None,
 ) -> CollectReport:
     """Collect into *lake*. With *once*, catch up, sweep and return; otherwise repeat every
-    *interval* seconds until *stop* is set, returning the last pass's report."""
+    *interval* seconds until *stop* is set, returning the last pass's report.
+
+    Raises LakeUnavailableError as soon as the lake itself fails (disk full, out of memory, a
+    damaged file): the pass stops without fetching further blobs, and every blob not settled is
+    left pending in the ledger, so running again after the cause is fixed loses nothing."""
     progress = progress or Progress()
     state = LocalStateStore(lake)
     async with management_client(settings, tenant_ids, tokens=tokens, env=env) as client:
@@ -62,6 +66,10 @@ async def collect(
         )
         while True:
             report = await pipeline.collect_once(tenant_ids, content_types, since=since, sweep=once)
+            if report.stopped is not None:
+                log.info("collect stopped blobs_settled=%d blobs_left_pending=%d",
+                         len(report.outcomes), report.unsettled)
+                raise report.stopped
             if once or (stop is not None and stop.is_set()):
                 return report
             failed = report.count(BlobStatus.FAILED) + report.count(BlobStatus.EXPIRED)

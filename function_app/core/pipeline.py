@@ -2,6 +2,12 @@
 
 Memory is bounded by the blobs in flight (``concurrency``), never by a window or a
 backfill: the queue between planner and workers holds blob descriptors only.
+
+When the sink or the state store itself fails (StoreUnavailableError: a full disk, a broken
+lake) the pass stops at once: no listing and no blob fetch starts after it, and the blobs
+handed on but not settled stay ``listed`` or ``queued`` in the ledger for the next run. A blob's
+rows are committed together before its ledger row says ``ingested``, so a stop between the two
+leaves the blob pending, and the next run writes its rows again as duplicates, which are skipped.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from function_app.core.collector import Clock, Planner, PlanRequest
+from function_app.core.errors import StoreUnavailableError
 from function_app.core.model import BlobStatus, ContentBlob, RunStats
 from function_app.core.ports import ActivityApi, Sink, StateStore
 from function_app.core.process import BlobOutcome, RowBuilder, process_blob
@@ -26,15 +33,24 @@ class CollectReport:
     runs: list[RunStats] = field(default_factory=list)
     outcomes: list[BlobOutcome] = field(default_factory=list)
     worker_errors: list[str] = field(default_factory=list)
+    # Set when the pass stopped because a store failed; the blobs it left are pending in the ledger.
+    stopped: StoreUnavailableError | None = None
+    handed_on: int = 0
 
     def count(self, status: BlobStatus) -> int:
         return sum(1 for o in self.outcomes if o.status is status)
 
     @property
+    def unsettled(self) -> int:
+        """Blobs handed on in this pass but not settled (left ``listed``/``queued``)."""
+        return max(0, self.handed_on - len(self.outcomes))
+
+    @property
     def ok(self) -> bool:
         """True when every blob was ingested and no pass or worker hit an error."""
         return (
-            not self.worker_errors
+            self.stopped is None
+            and not self.worker_errors
             and all(o.status is BlobStatus.INGESTED for o in self.outcomes)
             and not any(r.errors for r in self.runs)
         )
@@ -75,44 +91,91 @@ class Pipeline:
         sweep: bool = True,
     ) -> CollectReport:
         """Re-drive blobs a previous run left ``listed``, catch up every tenant and content
-        type from its checkpoint, sweep, and return when every handed-on blob is settled."""
+        type from its checkpoint, sweep, and return when every handed-on blob is settled.
+
+        If a store fails (StoreUnavailableError) the pass stops promptly instead: planners and
+        workers are cancelled, and the report's ``stopped`` holds the error."""
         report = CollectReport()
         queue: asyncio.Queue[ContentBlob] = asyncio.Queue()
-        workers = [asyncio.create_task(self._worker(queue, report)) for _ in range(self._concurrency)]
+        halted = asyncio.Event()
+
+        def halt(exc: StoreUnavailableError) -> None:
+            if report.stopped is None:
+                report.stopped = exc
+                log.info("stopping the pass: %s", exc)
+            halted.set()
+
+        workers = [asyncio.create_task(self._worker(queue, report, halt)) for _ in range(self._concurrency)]
 
         async def hand_off(blobs: Sequence[ContentBlob]) -> None:
             self._on_listed(len(blobs))
+            report.handed_on += len(blobs)
             for blob in blobs:
                 queue.put_nowait(blob)
 
         planner = Planner(self._api, self._state, hand_off, self._clock, self._rules, self._throttle_count)
-        try:
-            for tenant in tenants:
-                for ctype in content_types:
-                    left_behind = await self._state.pending(tenant, ctype)
-                    if left_behind:
-                        log.info("re-driving %d blobs left listed tenant_id=%s content_type=%s",
-                                 len(left_behind), tenant, ctype)
-                        await hand_off(left_behind)
-                        # Mark them handed on before the planners re-list their windows, or the
-                        # ledger still says `listed` and the same blobs are handed on twice.
-                        await self._state.mark_queued(left_behind)
+
+        async def plan(request: PlanRequest) -> RunStats | None:
+            try:
+                return await planner.run(request)
+            except StoreUnavailableError as exc:
+                halt(exc)
+                return None
+
+        planners: list[asyncio.Task[RunStats | None]] = []
+
+        async def catch_up() -> None:
+            try:
+                for tenant in tenants:
+                    for ctype in content_types:
+                        left_behind = await self._state.pending(tenant, ctype)
+                        if left_behind:
+                            log.info("re-driving %d blobs left listed tenant_id=%s content_type=%s",
+                                     len(left_behind), tenant, ctype)
+                            await hand_off(left_behind)
+                            # Mark them handed on before the planners re-list their windows, or the
+                            # ledger still says `listed` and the same blobs are handed on twice.
+                            await self._state.mark_queued(left_behind)
+            except StoreUnavailableError as exc:
+                halt(exc)
+                return
             # Content types list concurrently: each is its own feed with its own checkpoint.
-            runs = await asyncio.gather(*(
-                planner.run(PlanRequest(tenant, ctype, since=since, force_sweep=sweep))
-                for tenant in tenants for ctype in content_types
-            ))
-            report.runs.extend(runs)
+            planners.extend(asyncio.create_task(plan(PlanRequest(tenant, ctype, since=since, force_sweep=sweep)))
+                            for tenant in tenants for ctype in content_types)
+            runs = await asyncio.gather(*planners)
+            report.runs.extend(r for r in runs if r is not None)
             await queue.join()
+
+        passing = asyncio.create_task(catch_up())
+        stopping = asyncio.create_task(halted.wait())
+        try:
+            await asyncio.wait((passing, stopping), return_when=asyncio.FIRST_COMPLETED)
+            if passing.done():
+                passing.result()  # a defect, not a store failure: raise it as before
         finally:
-            for w in workers:
-                w.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            # On a stop: no listing, no fetch and no write starts after this; what is not
+            # settled stays pending in the ledger.
+            tasks = [passing, stopping, *planners, *workers]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if report.stopped is not None:
+            log.info("pass stopped handed_on=%d settled=%d left_pending=%d",
+                     report.handed_on, len(report.outcomes), report.unsettled)
         return report
 
-    async def _worker(self, queue: asyncio.Queue[ContentBlob], report: CollectReport) -> None:
+    async def _worker(
+        self,
+        queue: asyncio.Queue[ContentBlob],
+        report: CollectReport,
+        halt: Callable[[StoreUnavailableError], None],
+    ) -> None:
         while True:
             blob = await queue.get()
+            if report.stopped is not None:
+                # The pass is stopping: the blob stays pending in the ledger.
+                queue.task_done()
+                return
             try:
                 outcome = await process_blob(
                     blob, api=self._api, sink=self._sink, state=self._state,
@@ -120,6 +183,10 @@ class Pipeline:
                 )
                 report.outcomes.append(outcome)
                 self._on_outcome(outcome)
+            except StoreUnavailableError as exc:
+                # The store said what failed; the blob stays pending, and the pass stops.
+                halt(exc)
+                return
             except Exception as exc:  # the sink or state failed: the blob stays listed
                 log.exception("worker error tenant_id=%s content_type=%s content_id=%s",
                               blob.tenant_id, blob.content_type, blob.content_id)

@@ -15,28 +15,46 @@ Within a commit group, the blobs' rows are also merged into one statement per ta
 ledger updates into one statement: DuckDB pays 10-20 ms per ``INSERT OR IGNORE`` into a keyed
 table whatever its size, so a statement per blob (most blobs hold a few dozen records) capped
 the local pipeline at about 500 records a second.
+
+Failures come in two kinds. An operation can fail on its own data (a table that does not
+exist, a value that cannot be written): the rest of its commit group is re-run in transactions
+of its own, so one bad operation never takes its neighbours down. Or the lake itself fails (the
+disk is full, an IO error, DuckDB is out of memory, the file is damaged, or a fatal error
+invalidated the database): then every pending and every later operation fails at once with one
+``LakeUnavailableError`` naming the cause and the path, and nothing is retried operation by
+operation. Either way every caller's future is resolved, and the error reported is the first
+one, never a secondary error of the ROLLBACK or of the clean-up after it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from function_app.core.errors import StoreUnavailableError
 from function_app.core.model import ContentBlob, WriteResult
+from function_app.lake.cells import repaired_row
 from function_app.lake.schema import TABLES, TABLES_BY_NAME, Kind, Table, duckdb_ddl, duckdb_insert
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 _ARROW_TYPES: dict[Kind, pa.DataType] = {
     Kind.STRING: pa.string(),
@@ -71,6 +89,29 @@ def to_arrow(table: Table, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     produces) are transposed in one C-level ``zip``; any other row shape is read column by
     column. Datetimes may be aware (converted to UTC) or naive (taken as UTC already).
     """
+    try:
+        return _to_arrow(table, rows)
+    except (TypeError, ValueError, RecursionError):  # orjson and Arrow refuse with these (ArrowInvalid too)
+        # Only a batch holding a value orjson or Arrow cannot write pays for this: each row is
+        # checked cell by cell and the offending cells kept as bounded text, flagged (lake.cells).
+        return _to_arrow(table, [_writable(table, r) for r in rows])
+
+
+def _dump_cell(value: Any) -> bytes:
+    return _dumps(value, option=_DUMP_OPTIONS)
+
+
+def _writable(table: Table, row: Mapping[str, Any]) -> Mapping[str, Any]:
+    try:
+        for value in row.values():
+            if value is not None and not isinstance(value, int | float | bool | datetime):
+                _dump_cell(value)
+    except (TypeError, ValueError, RecursionError):
+        return repaired_row(table, row, _dump_cell)
+    return row
+
+
+def _to_arrow(table: Table, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     names = table.column_names
     if all(tuple(r) == names for r in rows):
         columns: list[Sequence[Any]] = list(zip(*(r.values() for r in rows), strict=True)) if rows \
@@ -93,6 +134,124 @@ def _array(kind: Kind, values: Sequence[Any]) -> pa.Array:
     return pa.array(values, type=_ARROW_TYPES[kind])
 
 
+# -- failures of the lake itself ------------------------------------------------------------
+
+
+class LakeCause(StrEnum):
+    """Why the lake itself cannot be used; the text is what the error message says."""
+
+    DISK_FULL = "disk full"
+    OUT_OF_MEMORY = "out of memory"
+    NOT_A_LAKE = "not a DuckDB database"
+    DAMAGED = "the file is damaged"
+    LOCKED = "in use by another process"
+    INVALIDATED = "invalidated by an earlier fatal error"
+    FATAL = "fatal error"
+    IO_ERROR = "IO error"
+    INTERNAL = "internal DuckDB error"
+    CLOSED = "closed"
+
+
+# Matched in the whole text of DuckDB's error, first match wins: DuckDB reports a full disk as an
+# IOException from a statement, a TransactionException from COMMIT ("Failed to commit: Could not
+# write file ...") or a FatalException from a checkpoint, and an invalidated database repeats the
+# original error after "Original error:", so the disk comes before the exception's type.
+_CAUSE_TEXT: tuple[tuple[str, LakeCause], ...] = (
+    ("No space left on device", LakeCause.DISK_FULL),
+    ("Disk quota exceeded", LakeCause.DISK_FULL),
+    ("File too large", LakeCause.DISK_FULL),
+    ("Out of Memory Error", LakeCause.OUT_OF_MEMORY),
+    ("not a valid DuckDB database file", LakeCause.NOT_A_LAKE),
+    ("Corrupt database file", LakeCause.DAMAGED),
+    ("Could not read enough bytes", LakeCause.DAMAGED),
+    ("Could not set lock on file", LakeCause.LOCKED),
+    ("database has been invalidated", LakeCause.INVALIDATED),
+    ("Could not write file", LakeCause.IO_ERROR),
+    ("Could not read from file", LakeCause.IO_ERROR),
+)
+_CAUSE_TYPE: tuple[tuple[type[BaseException], LakeCause], ...] = (
+    (duckdb.OutOfMemoryException, LakeCause.OUT_OF_MEMORY),
+    (duckdb.FatalException, LakeCause.FATAL),
+    (duckdb.IOException, LakeCause.IO_ERROR),
+    (duckdb.InternalException, LakeCause.INTERNAL),
+    (duckdb.ConnectionException, LakeCause.CLOSED),
+)
+
+
+def lake_cause(exc: BaseException) -> LakeCause | None:
+    """The cause when *exc* says the lake itself failed (disk, memory, file, DuckDB), or None
+    when it is a failure of one operation (its SQL, its data; ValueTooLargeError too)."""
+    if not isinstance(exc, duckdb.Error):
+        return None
+    text = str(exc)
+    for fragment, cause in _CAUSE_TEXT:
+        if fragment in text:
+            return cause
+    for kind, cause in _CAUSE_TYPE:
+        if isinstance(exc, kind):
+            return cause
+    return None
+
+
+class LakeUnavailableError(StoreUnavailableError):
+    """The lake at ``path`` cannot be used: ``cause`` says why, ``detail`` is DuckDB's own first
+    line. Every pending and later operation of the lake fails with the same instance."""
+
+    def __init__(self, path: Path, cause: LakeCause, error: BaseException, *, action: str = "written") -> None:
+        self.path = path
+        self.cause = cause
+        self.action = action
+        lines = str(error).strip().splitlines()
+        self.detail = lines[0] if lines else type(error).__name__
+        super().__init__(f"the lake at {path} cannot be {action}: {cause} ({self.detail})")
+
+
+def lake_failure(path: Path, exc: BaseException, *, action: str = "written") -> LakeUnavailableError | None:
+    """*exc* as a LakeUnavailableError when it is a failure of the lake itself, else None."""
+    if isinstance(exc, LakeUnavailableError):
+        return exc
+    cause = lake_cause(exc)
+    return None if cause is None else LakeUnavailableError(path, cause, exc, action=action)
+
+
+class ValueTooLargeError(Exception):
+    """A batch holds values too large to write even with the memory headroom given for them:
+    a failure of that operation's data, not of the lake."""
+
+
+# A cell of this size or more gets memory headroom: DuckDB's cast of JSON text to its JSON type
+# holds about ten times the value at once (measured: a 50 MB AuditData needed a limit of 512 MB
+# to 640 MB by itself, 100 MB needed 1 GB), more than the buffer pool's cap leaves free.
+LARGE_VALUE = 1 << 20
+VALUE_HEADROOM = 12
+
+
+def _large_bytes(batch: pa.Table) -> int:
+    """The total size of the text cells of *batch* of LARGE_VALUE bytes or more."""
+    if batch.nbytes < LARGE_VALUE:
+        return 0
+    total = 0
+    for column in batch.columns:
+        if column.nbytes < LARGE_VALUE or not (pa.types.is_string(column.type)
+                                               or pa.types.is_large_string(column.type)):
+            continue
+        lengths = pc.binary_length(column)
+        total += int(pc.sum(pc.filter(lengths, pc.greater_equal(lengths, LARGE_VALUE))).as_py() or 0)
+    return total
+
+
+def _memory_cap() -> int | None:
+    """80% of the machine's memory (DuckDB's own default limit), or None where it is unknown."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") * 0.8)
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _set_memory_limit(con: duckdb.DuckDBPyConnection, limit: int) -> None:
+    con.execute(f"SET memory_limit='{int(limit)}B'")
+
+
 def insert_tables(
     con: duckdb.DuckDBPyConnection, tables: Mapping[str, Sequence[Mapping[str, Any]]]
 ) -> WriteResult:
@@ -105,7 +264,7 @@ COUNTED_TABLE = "AuditRecord"
 
 
 def insert_blobs(
-    con: duckdb.DuckDBPyConnection, blobs: Sequence[Mapping[str, Any]]
+    con: duckdb.DuckDBPyConnection, blobs: Sequence[Mapping[str, Any]], *, memory_limit: int | None = None
 ) -> list[WriteResult]:
     """Insert the rows of several blobs, one statement per table, inside the caller's transaction.
 
@@ -115,6 +274,12 @@ def insert_blobs(
     its ``AuditRecord`` rows: inserted, or dropped as duplicates (of the lake or of another blob
     of the batch). Aggregate tables (``SchemaObservation``) are merged into the stored rows (see
     ``duckdb_insert``).
+
+    With *memory_limit* (the connection's limit, in bytes), a statement whose batch holds values
+    of ``LARGE_VALUE`` bytes or more runs with the limit raised by ``VALUE_HEADROOM`` times their
+    size, and the limit is put back after it; if it still runs out of memory the error is a
+    ValueTooLargeError (the operation's data, not the lake). Whatever fails, the error raised is
+    the statement's own, never one of the clean-up after it.
     """
     results = [WriteResult(0, 0) for _ in blobs]
     names = dict.fromkeys(name for tables in blobs for name in tables)
@@ -131,16 +296,11 @@ def insert_blobs(
         if not parts:
             continue
         batch = pa.concat_tables([p for _, p in parts]) if len(parts) > 1 else parts[0][1]
-        con.register("_batch", batch)
-        try:
-            if name != COUNTED_TABLE:
-                con.execute(duckdb_insert(table, "_batch"))
-                continue
-            # RETURNING yields only the rows kept, so the rows kept per blob are counted by ContentId.
-            returned = con.execute(f'{duckdb_insert(table, "_batch")} RETURNING "ContentId"').fetchall()
-            kept: Counter[str] = Counter(r[0] for r in returned)
-        finally:
-            con.unregister("_batch")
+        large = _large_bytes(batch) if memory_limit is not None else 0
+        returned = _insert(con, table, batch, memory_limit, large)
+        if returned is None:
+            continue
+        kept: Counter[str] = Counter(r[0] for r in returned)
         for i, part in parts:
             # Two parts of one blob in a batch (the same blob written twice) share its count.
             content_id = part.column("ContentId")[0].as_py()
@@ -148,6 +308,42 @@ def insert_blobs(
             kept[content_id] -= n
             results[i] = WriteResult(inserted=n, duplicates=part.num_rows - n)
     return results
+
+
+def _insert(
+    con: duckdb.DuckDBPyConnection, table: Table, batch: pa.Table, memory_limit: int | None, large: int
+) -> list[Any] | None:
+    """Run *table*'s insert of *batch*: the ContentIds kept for the counted table, else None.
+
+    When the statement fails the transaction is aborted, and any clean-up statement would fail
+    with "Current transaction is aborted" and hide the real error: the registered view and the
+    raised limit are left to the caller's ROLLBACK (which drops the view) and its clean-up.
+    """
+    limit = None
+    if large and memory_limit is not None:
+        cap = _memory_cap()
+        limit = memory_limit + VALUE_HEADROOM * large
+        limit = max(memory_limit, min(limit, cap)) if cap is not None else limit
+        log.info("memory limit raised to %d bytes for %d bytes of large values table=%s", limit, large, table.name)
+        _set_memory_limit(con, limit)
+    con.register("_batch", batch)
+    try:
+        if table.name != COUNTED_TABLE:
+            con.execute(duckdb_insert(table, "_batch"))
+            returned = None
+        else:
+            # RETURNING yields only the rows kept, so the rows kept per blob are counted by ContentId.
+            returned = con.execute(f'{duckdb_insert(table, "_batch")} RETURNING "ContentId"').fetchall()
+    except duckdb.OutOfMemoryException as exc:
+        if limit is None:
+            raise
+        raise ValueTooLargeError(
+            f"{table.name}: {large} bytes of large values in one batch ran out of memory even with the "
+            f"limit raised to {limit} bytes ({str(exc).splitlines()[0]})") from exc
+    con.unregister("_batch")
+    if limit is not None and memory_limit is not None:
+        _set_memory_limit(con, memory_limit)
+    return returned
 
 
 Batcher = Callable[[duckdb.DuckDBPyConnection, list[Any]], list[Any]]
@@ -184,59 +380,103 @@ def _run_group(con: duckdb.DuckDBPyConnection, ops: Sequence[_Op]) -> list[Any]:
     return results
 
 
-def _isolated(con: duckdb.DuckDBPyConnection, op: _Op) -> tuple[bool, Any]:
-    """Run *op* in a transaction of its own: (True, result) or (False, the exception)."""
-    try:
-        con.execute("BEGIN TRANSACTION")
-        value = _run_group(con, [op])[0]
-        con.execute("COMMIT")
-        return True, value
-    except Exception as exc:
-        con.execute("ROLLBACK")
-        return False, exc
+def _run_one(op: _Op, con: duckdb.DuckDBPyConnection) -> Any:
+    return _run_group(con, [op])[0]
+
+
+Outcome = tuple[bool, Any]
+Connect = Callable[[str, bool], duckdb.DuckDBPyConnection]
+
+
+def _connect(path: str, read_only: bool) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(path, read_only=read_only)
 
 
 # DuckDB rewrites what it holds at each checkpoint; at the default 16 MB threshold a backfill
 # spent more time checkpointing (and re-serialising the key index) than inserting. 256 MB of
 # write-ahead log bounds the memory this costs and still checkpoints every few hundred blobs.
 CHECKPOINT_THRESHOLD = "256MB"
-MEMORY_LIMIT = "512MB"
+# Bytes, as DuckDB counts "512MB"; a statement writing a large value gets headroom above it (insert_blobs).
+MEMORY_LIMIT = 512 * 1000 * 1000
 
 
 class LocalLake:
-    """A DuckDB lake file; safe to share between coroutines of one process."""
+    """A DuckDB lake file; safe to share between coroutines of one process.
 
-    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+    Once the lake itself fails (see the module's docstring) it stays failed: ``failure`` holds
+    the first error, and every later operation raises it at once.
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False, connect: Connect = _connect) -> None:
+        """Open (or create) the lake at *path*; *connect* opens the DuckDB connection (tests
+        wrap it to inject failures). Raises LakeUnavailableError when the file cannot be
+        opened as a lake (not a DuckDB database, damaged, locked, disk full)."""
         self.path = Path(path)
+        self._read_only = read_only
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         elif not self.path.exists():
             raise FileNotFoundError(f"no lake at {self.path}")
-        self._con = duckdb.connect(str(self.path), read_only=read_only)
-        self._con.execute("SET TimeZone='UTC'")
         self._lock = threading.Lock()
         self._pending: list[_Op] = []
+        self._running: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
-        if not read_only:
-            self._con.execute(f"SET checkpoint_threshold='{CHECKPOINT_THRESHOLD}'")
-            # DuckDB's buffer pool otherwise grows toward 80% of the machine's memory as the lake
-            # grows; capped, it evicts (the lake is on disk), so the collector's memory stays
-            # bounded by the blobs in flight, not by the size of the lake or of a backfill.
-            self._con.execute(f"SET memory_limit='{MEMORY_LIMIT}'")
-            # Audit records are mostly JSON text; zstd stores it in about a third of the space
-            # of the default string compression, and costs less time at each checkpoint.
-            self._con.execute("PRAGMA force_compression='zstd'")
-            for table in TABLES:
-                self._con.execute(duckdb_ddl(table))
-            self._con.execute(LAKE_INFO_DDL)
+        self._failed: LakeUnavailableError | None = None
+        self._memory_limit = MEMORY_LIMIT
+        self._insert_blobs: Batcher = functools.partial(insert_blobs, memory_limit=self._memory_limit)
+        con: duckdb.DuckDBPyConnection | None = None
+        try:
+            con = connect(str(self.path), read_only)
+            self._setup(con)
+        except duckdb.Error as exc:
+            if con is not None:
+                _close_quietly(con)
+            failure = lake_failure(self.path, exc, action="opened")
+            if failure is None:
+                raise
+            raise failure from exc
+        self._con = con
+
+    def _setup(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("SET TimeZone='UTC'")
+        if self._read_only:
+            return
+        con.execute(f"SET checkpoint_threshold='{CHECKPOINT_THRESHOLD}'")
+        # DuckDB's buffer pool otherwise grows toward 80% of the machine's memory as the lake
+        # grows; capped, it evicts (the lake is on disk), so the collector's memory stays
+        # bounded by the blobs in flight, not by the size of the lake or of a backfill.
+        _set_memory_limit(con, self._memory_limit)
+        # Audit records are mostly JSON text; zstd stores it in about a third of the space
+        # of the default string compression, and costs less time at each checkpoint.
+        con.execute("PRAGMA force_compression='zstd'")
+        for table in TABLES:
+            con.execute(duckdb_ddl(table))
+        con.execute(LAKE_INFO_DDL)
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
         return self._con
 
+    @property
+    def failure(self) -> LakeUnavailableError | None:
+        """The failure of the lake itself that ended its use, if any."""
+        return self._failed
+
+    @property
+    def unresolved_operations(self) -> int:
+        """Operations submitted with ``run``/``run_batched`` whose callers are still waiting."""
+        return sum(not op.future.done() for op in (*self._pending, *self._running))
+
     def close(self) -> None:
         with self._lock:
-            self._con.close()
+            try:
+                self._con.close()
+            except duckdb.Error as exc:
+                if self._failed is None:
+                    self._raise_if_lake(exc)
+                    raise
+                # The lake already failed and said why; closing it cannot add anything useful.
+                log.debug("closing a failed lake path=%s error=%s", self.path, exc)
 
     @contextmanager
     def locked(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -246,9 +486,11 @@ class LocalLake:
     async def run(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
         """Run *fn* inside a transaction in a worker thread; return once it is committed.
 
-        *fn* must not manage transactions itself. Operations submitted together share a
-        commit; if one raises, the others are re-run in transactions of their own so one
-        bad operation never takes its neighbours down with it.
+        *fn* must not manage transactions itself, nor catch DuckDB's errors and go on (DuckDB
+        then silently rolls back at COMMIT). Operations submitted together share a commit; if
+        one raises, the others are re-run in transactions of their own so one bad operation
+        never takes its neighbours down with it. If the lake itself fails, every operation
+        pending and every later one raises the same LakeUnavailableError.
         """
         result: T = await self._submit(_Op(fn, None, None, asyncio.get_running_loop().create_future()))
         return result
@@ -260,15 +502,31 @@ class LocalLake:
         return await self._submit(_Op(None, batcher, item, asyncio.get_running_loop().create_future()))
 
     async def _submit(self, op: _Op) -> Any:
+        if self._failed is not None:
+            raise self._failed
         self._pending.append(op)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         return await op.future
 
     async def _flush(self) -> None:
+        """Commit what is pending, group after group; every operation taken ends resolved."""
         while self._pending:
             batch, self._pending = self._pending, []
-            outcomes = await asyncio.to_thread(self._commit, batch)
+            self._running = batch
+            try:
+                outcomes = await asyncio.to_thread(self._commit, batch)
+            except asyncio.CancelledError:
+                # The event loop is going away: nobody may be left waiting for what will not run.
+                for op in (*batch, *self._pending):
+                    op.future.cancel()
+                self._pending = []
+                raise
+            except Exception as exc:  # a defect of the commit path itself: fail the group, never hang it
+                log.exception("lake commit failed path=%s", self.path)
+                outcomes = [(False, exc)] * len(batch)
+            finally:
+                self._running = []
             for op, (ok, value) in zip(batch, outcomes, strict=True):
                 if op.future.done():
                     continue
@@ -277,50 +535,128 @@ class LocalLake:
                 else:
                     op.future.set_exception(value)
 
-    def _commit(self, ops: list[_Op]) -> list[tuple[bool, Any]]:
+    def _commit(self, ops: list[_Op]) -> list[Outcome]:
         with self._lock:
+            if self._failed is not None:
+                return [(False, self._failed)] * len(ops)
             con = self._con
-            try:
-                con.execute("BEGIN TRANSACTION")
-                results = _run_group(con, ops)
-                con.execute("COMMIT")
-                return [(True, r) for r in results]
-            except Exception:
-                con.execute("ROLLBACK")
+            ok, value = self._transaction(con, lambda c: _run_group(c, ops))
+            if ok:
+                return [(True, r) for r in value]
+            failure = self._lake_failure(value)
+            if failure is not None:
+                # Not retried op by op: the lake, not one operation's data, is what failed.
+                return [(False, failure)] * len(ops)
+            if len(ops) == 1:
+                return [(False, value)]
             # Whatever committed alone is reported as done: its caller must not retry it.
-            return [_isolated(con, op) for op in ops]
+            outcomes: list[Outcome] = []
+            for i, op in enumerate(ops):
+                ok, value = self._transaction(con, functools.partial(_run_one, op))
+                failure = None if ok else self._lake_failure(value)
+                if failure is not None:
+                    return outcomes + [(False, failure)] * (len(ops) - i)
+                outcomes.append((ok, value))
+            return outcomes
+
+    def _transaction(self, con: duckdb.DuckDBPyConnection, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> Outcome:
+        """(True, fn's result) once committed, or (False, the first error) with the transaction
+        rolled back; never raises, and never reports an error of the clean-up instead."""
+        began = False
+        try:
+            con.execute("BEGIN TRANSACTION")
+            began = True
+            value = fn(con)
+        except Exception as exc:
+            if began:
+                self._rollback(con)
+            return False, exc
+        try:
+            # DuckDB ends the transaction whatever COMMIT's outcome: no ROLLBACK after it.
+            con.execute("COMMIT")
+        except Exception as exc:
+            self._reset_memory_limit(con)
+            return False, exc
+        return True, value
+
+    def _rollback(self, con: duckdb.DuckDBPyConnection) -> None:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error as exc:  # a lake that failed may fail this too: the first error is the one reported
+            log.debug("rollback failed after an earlier error path=%s error=%s", self.path, exc)
+        self._reset_memory_limit(con)
+
+    def _reset_memory_limit(self, con: duckdb.DuckDBPyConnection) -> None:
+        # A statement that failed left its memory headroom in place (see insert_blobs).
+        if self._read_only:
+            return
+        try:
+            _set_memory_limit(con, self._memory_limit)
+        except duckdb.Error as exc:
+            log.debug("memory limit not reset path=%s error=%s", self.path, exc)
+
+    def _lake_failure(self, exc: BaseException) -> LakeUnavailableError | None:
+        """Record and return *exc* as the lake's failure when it is one (the first one stays)."""
+        failure = lake_failure(self.path, exc, action="read" if self._read_only else "written")
+        if failure is not None and self._failed is None:
+            self._failed = failure
+            log.info("lake failed path=%s cause=%s error=%s", self.path, failure.cause, failure.detail)
+        return self._failed if failure is not None else None
+
+    def _raise_if_lake(self, exc: BaseException) -> None:
+        failure = self._lake_failure(exc)
+        if failure is not None:
+            raise failure from exc
 
     # -- Sink ---------------------------------------------------------------------------
 
     def write_tables(self, tables: Mapping[str, Sequence[Mapping[str, Any]]]) -> WriteResult:
         """Insert every table's rows in one transaction; rows whose key exists are skipped."""
         with self._lock:
-            con = self._con
-            con.execute("BEGIN TRANSACTION")
-            try:
-                result = insert_tables(con, tables)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+            if self._failed is not None:
+                raise self._failed
+            ok, value = self._transaction(self._con, lambda con: insert_tables(con, tables))
+            if not ok:
+                self._raise_if_lake(value)
+                raise value
+        result: WriteResult = value
         return result
 
     async def write_blob(self, blob: ContentBlob, tables: Mapping[str, Any]) -> WriteResult:
         """Write one blob's rows (lists of row mappings, or Arrow tables); merged with the other
-        blobs of its commit group into one statement per table."""
-        result: WriteResult = await self.run_batched(insert_blobs, tables)
+        blobs of its commit group into one statement per table. A group holding a large value
+        gets the memory it needs for that statement (see insert_blobs)."""
+        result: WriteResult = await self.run_batched(self._insert_blobs, tables)
         return result
 
     # -- lake metadata ------------------------------------------------------------------
 
     def get_info(self, key: str) -> str | None:
         with self._lock:
+            if self._failed is not None:
+                raise self._failed
             try:
                 row = self._con.execute('SELECT "Value" FROM "LakeInfo" WHERE "Key" = ?', [key]).fetchone()
             except duckdb.CatalogException:
                 return None
+            except duckdb.Error as exc:
+                self._raise_if_lake(exc)
+                raise
         return None if row is None else str(row[0])
 
     def set_info(self, key: str, value: str) -> None:
         with self._lock:
-            self._con.execute('INSERT OR REPLACE INTO "LakeInfo" VALUES (?, ?)', [key, value])
+            if self._failed is not None:
+                raise self._failed
+            try:
+                self._con.execute('INSERT OR REPLACE INTO "LakeInfo" VALUES (?, ?)', [key, value])
+            except duckdb.Error as exc:
+                self._raise_if_lake(exc)
+                raise
+
+
+def _close_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.close()
+    except duckdb.Error as exc:
+        log.debug("closing a connection that failed to open error=%s", exc)

@@ -46,17 +46,17 @@ def _apply_marks(con: duckdb.DuckDBPyConnection, marks: list[dict[str, Any]]) ->
         earlier = last.get(key)
         last[key] = {**m, "Marks": 1 + (earlier["Marks"] if earlier else 0)}
     con.register("_marks", pa.Table.from_pylist(list(last.values()), schema=_MARK_SCHEMA))
-    try:
-        con.execute(
-            'UPDATE "ContentLedger" AS l SET "Status" = m."Status", "Attempts" = l."Attempts" + m."Marks", '
-            '"Error" = m."Error", "Records" = coalesce(m."Records", l."Records"), '
-            '"Bytes" = coalesce(m."Bytes", l."Bytes"), "FetchedAt" = coalesce(m."FetchedAt", l."FetchedAt"), '
-            '"IngestedAt" = coalesce(m."IngestedAt", l."IngestedAt") FROM _marks AS m '
-            'WHERE l."TenantId" = m."TenantId" AND l."ContentType" = m."ContentType" '
-            'AND l."ContentId" = m."ContentId"'
-        )
-    finally:
-        con.unregister("_marks")
+    # Not in a `finally`: after a failed statement the transaction is aborted, unregistering would
+    # fail with "Current transaction is aborted" and hide the real error; the ROLLBACK drops the view.
+    con.execute(
+        'UPDATE "ContentLedger" AS l SET "Status" = m."Status", "Attempts" = l."Attempts" + m."Marks", '
+        '"Error" = m."Error", "Records" = coalesce(m."Records", l."Records"), '
+        '"Bytes" = coalesce(m."Bytes", l."Bytes"), "FetchedAt" = coalesce(m."FetchedAt", l."FetchedAt"), '
+        '"IngestedAt" = coalesce(m."IngestedAt", l."IngestedAt") FROM _marks AS m '
+        'WHERE l."TenantId" = m."TenantId" AND l."ContentType" = m."ContentType" '
+        'AND l."ContentId" = m."ContentId"'
+    )
+    con.unregister("_marks")
     return [None] * len(marks)
 
 
