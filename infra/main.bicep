@@ -87,6 +87,14 @@ param instanceMemoryMB int = 2048
 @maxValue(730)
 param logRetentionDays int = 90
 
+@description('Days every version of a dead-letter blob (raw content and messages that could not be processed) stays immutable.')
+@minValue(1)
+@maxValue(146000)
+param deadletterRetentionDays int = 365
+
+@description('Set true once the dead-letter container\'s retention policy has been locked (az storage container immutability-policy lock): a locked policy can only be extended, and the template then leaves it alone.')
+param deadletterRetentionLocked bool = false
+
 var suffix = take(uniqueString(subscription().id, resourceGroup().id, namePrefix), 8)
 var prefix = toLower(namePrefix)
 var compactPrefix = replace(prefix, '-', '')
@@ -135,7 +143,10 @@ module storage 'modules/storage.bicep' = {
     stateTablePrefix: stateTablePrefix
     deadletterContainerName: deadletterContainerName
     deploymentContainerName: deploymentContainerName
+    deadletterRetentionDays: deadletterRetentionDays
+    deadletterRetentionLocked: deadletterRetentionLocked
     principalId: identity.outputs.principalId
+    workspaceId: monitoring.outputs.workspaceId
   }
 }
 
@@ -158,6 +169,7 @@ module keyVault 'modules/keyvault.bicep' = if (authMode == 'secret') {
     location: location
     tags: tags
     principalId: identity.outputs.principalId
+    workspaceId: monitoring.outputs.workspaceId
   }
 }
 
@@ -183,6 +195,7 @@ module adxCluster 'modules/adx-cluster.bicep' = if (newAdxCluster) {
     skuName: adxSkuName
     capacity: adxCapacity
     enableStreamingIngest: adxStreaming
+    workspaceId: monitoring.outputs.workspaceId
   }
 }
 
@@ -219,6 +232,7 @@ module functionApp 'modules/functionapp.bicep' = {
     stateTablePrefix: stateTablePrefix
     deadletterContainerName: storage.outputs.deadletterContainerName
     appInsightsConnectionString: monitoring.outputs.connectionString
+    workspaceId: monitoring.outputs.workspaceId
     adxIngestUri: adxDatabase.outputs.ingestUri
     adxEngineUri: adxDatabase.outputs.queryUri
     adxDatabase: adxDatabase.outputs.databaseName
@@ -249,3 +263,5 @@ output federatedCredentialIssuer string = '${environment().authentication.loginE
 output federatedCredentialAudience string = tokenExchangeAudience
 output keyVaultName string = authMode == 'secret' ? keyVault.outputs.name : ''
 output storageAccountName string = storage.outputs.name
+// Where the storage services, the function app, the Key Vault and a new ADX cluster send their logs.
+output logAnalyticsWorkspaceId string = monitoring.outputs.workspaceId

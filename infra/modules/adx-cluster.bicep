@@ -1,4 +1,5 @@
-// A new Azure Data Explorer cluster (skipped when main.bicep is given an existing one).
+// A new Azure Data Explorer cluster (skipped when main.bicep is given an existing one), trusting
+// only its own tenant and sending its logs and metrics to Log Analytics.
 
 @description('Cluster name (4-22 lower-case letters and digits, starting with a letter).')
 @minLength(4)
@@ -21,6 +22,9 @@ param capacity int
 @description('Allow streaming ingestion (needed when ADX_STREAMING is true).')
 param enableStreamingIngest bool
 
+@description('Resource id of the Log Analytics workspace that receives the cluster\'s logs and metrics.')
+param workspaceId string
+
 resource cluster 'Microsoft.Kusto/clusters@2024-04-13' = {
   name: name
   location: location
@@ -42,6 +46,52 @@ resource cluster 'Microsoft.Kusto/clusters@2024-04-13' = {
     enableAutoStop: false
     enablePurge: false
     publicNetworkAccess: 'Enabled'
+    // Principals of other Entra ID tenants may not authenticate at all. Left out, the property
+    // defaults to [{ value: '*' }], every tenant; an empty array means only the cluster's own
+    // tenant, which is where the app's managed identity and the operators live.
+    trustedExternalTenants: []
+  }
+}
+
+// Ingestion outcomes (succeeded, failed, batching), commands, queries and the journal of
+// metadata changes: what a lost or late record, or a changed policy, leaves behind.
+resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: cluster
+  properties: {
+    workspaceId: workspaceId
+    logs: [
+      {
+        category: 'SucceededIngestion'
+        enabled: true
+      }
+      {
+        category: 'FailedIngestion'
+        enabled: true
+      }
+      {
+        category: 'IngestionBatching'
+        enabled: true
+      }
+      {
+        category: 'Command'
+        enabled: true
+      }
+      {
+        category: 'Query'
+        enabled: true
+      }
+      {
+        category: 'Journal'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
   }
 }
 

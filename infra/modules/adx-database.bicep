@@ -1,6 +1,6 @@
 // The AuditLake database in a new or existing ADX cluster (deployed at the cluster's resource
 // group): retention and hot cache, the KQL scripts of infra/kql in order, and the app's
-// managed identity as database Ingestor and Viewer.
+// managed identity as database Ingestor.
 
 @description('Name of the cluster the database lives in (in this module\'s resource group).')
 param clusterName string
@@ -68,28 +68,26 @@ resource scripts 'Microsoft.Kusto/clusters/databases/scripts@2024-04-13' = [for 
   }
 }]
 
-var ingestorRoles = [
-  'Ingestor'
-  'Viewer'
-]
-
-// Database Ingestor: queued and streaming ingestion into every table.
-// Database Viewer: read the tables it writes (ingestion checks, replay).
-// After the scripts, and one at a time: ADX refuses concurrent changes to one database.
-@batchSize(1)
-resource principals 'Microsoft.Kusto/clusters/databases/principalAssignments@2024-04-13' = [for role in ingestorRoles: {
+// Database Ingestor: queued and streaming ingestion into every table, and nothing else. The app
+// never queries ADX (the ledger and checkpoints live in Table Storage), so it gets no Viewer:
+// a stolen token can add rows but not read the audit log. Dropping the role here does not
+// revoke it where an earlier version of this template granted it: delete that Viewer principal
+// assignment there (az kusto database-principal-assignment delete).
+// After the scripts: ADX refuses concurrent changes to one database.
+resource ingestor 'Microsoft.Kusto/clusters/databases/principalAssignments@2024-04-13' = {
   parent: database
-  name: guid(database.id, ingestorClientId, role)
+  // The name an earlier version of this template gave the same assignment.
+  name: guid(database.id, ingestorClientId, 'Ingestor')
   properties: {
     principalId: ingestorClientId
     principalType: 'App'
-    role: role
+    role: 'Ingestor'
     tenantId: ingestorTenantId
   }
   dependsOn: [
     scripts
   ]
-}]
+}
 
 output databaseName string = database.name
 output queryUri string = cluster.properties.uri

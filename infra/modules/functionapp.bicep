@@ -44,6 +44,9 @@ param deadletterContainerName string
 @description('Application Insights connection string.')
 param appInsightsConnectionString string
 
+@description('Resource id of the Log Analytics workspace that receives the app\'s platform logs and metrics.')
+param workspaceId string
+
 @description('ADX data-management (ingest) URI.')
 param adxIngestUri string
 
@@ -124,7 +127,10 @@ var collectorSettings = {
   AUDITLAKE_OVERLAP_MINUTES: '60'
   AUDITLAKE_SAFETY_LAG_SECONDS: '30'
   AUDITLAKE_SWEEP_HOURS: '24'
-  AUDITLAKE_MAX_BLOB_BYTES: '268435456'
+  // Memory the blobs in flight may hold together: the instance less ~512 MB for the worker, the
+  // SDKs and the runtime (at least half of it). The blob size cap (AUDITLAKE_MAX_BLOB_BYTES)
+  // follows from it in the code, so it is not set here.
+  AUDITLAKE_MEMORY_BUDGET_MB: string(max(instanceMemoryMB - 512, instanceMemoryMB / 2))
   AUDITLAKE_RETRY_ATTEMPTS: '8'
   AUDITLAKE_RETRY_BASE_SECONDS: '0.5'
   AUDITLAKE_RETRY_MAX_SECONDS: '60'
@@ -217,6 +223,28 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
         version: '3.11'
       }
     }
+  }
+}
+
+// The host's and the functions' logs as the platform sees them (FunctionAppLogs), beside the
+// Application Insights telemetry, and the app's metrics.
+resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: site
+  properties: {
+    workspaceId: workspaceId
+    logs: [
+      {
+        category: 'FunctionAppLogs'
+        enabled: true
+      }
+    ]
+    metrics: [
+      {
+        category: 'AllMetrics'
+        enabled: true
+      }
+    ]
   }
 }
 

@@ -134,6 +134,31 @@ def decorator(declaration: dict[str, Any], kind: str) -> Any:
     return None
 
 
+def resolve(value: Any, tree: dict[str, Any]) -> Any:
+    """*value*, or the value of the variable it names (followed through variables)."""
+    variables = tree.get("variables") or {}
+    seen: set[str] = set()
+    while isinstance(value, str) and value in variables and value not in seen:
+        seen.add(value)
+        value = variables[value]["value"]
+    return value
+
+
+def declared_resources(path: Path, kind: str) -> dict[str, dict[str, Any]]:
+    """The resources of type *kind* that *path* declares (not ``existing`` ones), by symbol."""
+    return {s: r for s, r in resources(path).items() if r["type"] == kind and not r.get("existing")}
+
+
+def diagnostic_settings(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """The bodies of the Microsoft.Insights/diagnosticSettings of *path*, by the symbol of the
+    resource each one is scoped to."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for resource in declared_resources(path, "Microsoft.Insights/diagnosticSettings").values():
+        config = body(resource)
+        found.setdefault(str(config.get("scope")), []).append(config)
+    return found
+
+
 def is_reference(value: Any, tree: dict[str, Any]) -> bool:
     """pycep writes identifiers and string literals alike; a declared name is a reference."""
     if not isinstance(value, str):

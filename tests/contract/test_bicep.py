@@ -30,13 +30,16 @@ from tests.contract.bicep_support import (
     app_settings_by_mode,
     bicep_files,
     body,
+    declared_resources,
     decorator,
+    diagnostic_settings,
     extensions_declared,
     function_calls,
     is_reference,
     load_text_targets,
     parsed,
     rel,
+    resolve,
     resources,
     run_checkov,
     tree_sitter_errors,
@@ -61,6 +64,7 @@ NOT_DEPLOYED = {
     "AzureWebJobsStorage__accountName": "derives *.core.windows.net; the service URIs work in every cloud",
     "AUDITLAKE_API_ROOT": "an override for the emulator; the cloud selects the real root",
     "AUDITLAKE_API_TOKEN": "a static bearer token for tests and the emulator",
+    "AUDITLAKE_MAX_BLOB_BYTES": "follows from AUDITLAKE_MEMORY_BUDGET_MB, which Bicep sets from the instance size",
     "AZURE_FEDERATED_TOKEN_FILE": "workload identity on Kubernetes, not on Functions",
     "AZURE_CLIENT_CERTIFICATE_PATH": "Flex Consumption cannot load certificates (WEBSITE_LOAD_CERTIFICATES)",
     "AZURE_CLIENT_CERTIFICATE_PASSWORD": "goes with AZURE_CLIENT_CERTIFICATE_PATH",
@@ -356,10 +360,15 @@ def _kql_rank(path: Path) -> int:
     return KQL_ORDER.index(first)
 
 
-def test_the_identity_is_database_ingestor_and_viewer() -> None:
-    text = "\n".join(p.read_text() for p in FILES)
-    assert "Microsoft.Kusto/clusters/databases/principalAssignments@" in text
-    assert re.search(r"ingestorRoles = \[\s*'Ingestor'\s*'Viewer'\s*\]", text)
+def test_the_identity_is_database_ingestor_only() -> None:
+    # The app only ingests; a Viewer role would let a stolen token read the whole audit log.
+    roles: list[Any] = []
+    kind = "Microsoft.Kusto/clusters/databases/principalAssignments"
+    for path in FILES:
+        for symbol, resource in declared_resources(path, kind).items():
+            assert "loop_type" not in resource["config"], f"{symbol}: one assignment per role, spelled out"
+            roles.append(body(resource)["properties"]["role"])
+    assert roles == ["Ingestor"], roles
 
 
 # -- security requirements of the issue ------------------------------------------------------
@@ -447,3 +456,167 @@ def test_funcignore_ships_the_app_and_nothing_else() -> None:
     for left_out in ("tests", "infra", ".venv", ".venv-tools", ".git", "node_modules", "local.settings.json"):
         assert ignored(left_out), left_out
 
+
+
+# -- hardening: no record lost to a strange neighbour (issue 17) --------------------------------
+
+STORAGE = INFRA / "modules" / "storage.bicep"
+MONITORING = INFRA / "modules" / "monitoring.bicep"
+
+# What each resource must send to the workspace: explicit categories (all of them required) or
+# a category group (any one of them).
+DIAGNOSTICS: dict[str, dict[str, set[str]]] = {
+    "Microsoft.Storage/storageAccounts/blobServices": {"categories": {"StorageRead", "StorageWrite", "StorageDelete"}},
+    "Microsoft.Storage/storageAccounts/queueServices": {"categories": {"StorageRead", "StorageWrite", "StorageDelete"}},
+    "Microsoft.Storage/storageAccounts/tableServices": {"categories": {"StorageRead", "StorageWrite", "StorageDelete"}},
+    "Microsoft.KeyVault/vaults": {"groups": {"audit", "allLogs"}},
+    "Microsoft.Kusto/clusters": {"categories": {"SucceededIngestion", "FailedIngestion", "IngestionBatching", "Command",
+                                                "Query", "Journal"}},
+    "Microsoft.Web/sites": {"categories": {"FunctionAppLogs"}},
+}
+
+# Data actions the identity's blob role must not have in the dead-letter container.
+DEADLETTER_DENIED = {
+    "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/delete",
+    "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/deleteBlobVersion/action",
+    "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/permanentDelete/action",
+    "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/immutableStorage/runAsSuperUser/action",
+}
+BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
+
+
+def _accessor_path(node: Any) -> list[Any]:
+    """``a.b.c`` as ``["a", "b", "c"]`` (pycep nests property accessors to the right)."""
+    path: list[Any] = []
+    while isinstance(node, dict) and node.get("operator", {}).get("type") == "property_accessor":
+        operands = node["operator"]["operands"]
+        path.append(operands["operand_1"])
+        node = operands["operand_2"]
+    return [*path, node]
+
+
+def _module_of(path: Path) -> tuple[str, dict[str, Any]]:
+    """main.bicep's module declaration that deploys *path*."""
+    found = [(symbol, body(module)) for symbol, module in (parsed(MAIN).get("modules") or {}).items()
+             if (MAIN.parent / module["detail"]["path"]).resolve() == path.resolve()]
+    assert len(found) == 1, f"main.bicep deploys {rel(path)} {len(found)} times"
+    return found[0]
+
+
+def _workspace_output() -> str:
+    outputs = parsed(MONITORING)["outputs"]
+    workspaces = declared_resources(MONITORING, "Microsoft.OperationalInsights/workspaces")
+    assert len(workspaces) == 1
+    names = [n for n, o in outputs.items() if _accessor_path(o["value"]) == [next(iter(workspaces)), "id"]]
+    assert len(names) == 1, "monitoring.bicep outputs the workspace id once"
+    return str(names[0])
+
+
+@pytest.mark.parametrize("kind", sorted(DIAGNOSTICS), ids=[k.split("/")[-1] for k in sorted(DIAGNOSTICS)])
+def test_diagnostic_setting_sends_logs_and_metrics_to_the_workspace(kind: str) -> None:
+    files = [p for p in PLAIN_FILES if declared_resources(p, kind)]
+    assert len(files) == 1, f"{kind}: declared in {_ids(files)}"
+    path = files[0]
+    tree = parsed(path)
+    settings = diagnostic_settings(path)
+    workspace_output = _workspace_output()
+    module_symbol, module = _module_of(path)
+    for symbol in declared_resources(path, kind):
+        assert len(settings.get(symbol, [])) == 1, f"{rel(path)}: {symbol} needs one diagnostic setting"
+        properties = settings[symbol][0]["properties"]
+        # To the module's workspace parameter, which main.bicep fills with monitoring's workspace.
+        parameter = properties["workspaceId"]
+        assert parameter in (tree.get("parameters") or {}), f"{symbol}: workspaceId must be a parameter"
+        given = module["params"].get(parameter)
+        assert _accessor_path(given) == ["monitoring", "outputs", workspace_output], (module_symbol, given)
+        logs = resolve(properties["logs"], tree)
+        metrics = resolve(properties["metrics"], tree)
+        assert logs and all(entry.get("enabled") is True for entry in logs), symbol
+        assert metrics and all(entry.get("enabled") is True for entry in metrics), symbol
+        expected = DIAGNOSTICS[kind]
+        categories = {entry.get("category") for entry in logs}
+        groups = {entry.get("categoryGroup") for entry in logs}
+        if "categories" in expected:
+            assert expected["categories"] <= categories, f"{symbol}: missing {expected['categories'] - categories}"
+        else:
+            assert groups & expected["groups"], f"{symbol}: send the {sorted(expected['groups'])} category group"
+
+
+def test_adx_cluster_trusts_no_external_tenant() -> None:
+    clusters = [(p, r) for p in PLAIN_FILES for r in declared_resources(p, "Microsoft.Kusto/clusters").values()]
+    assert clusters
+    for path, cluster in clusters:
+        properties = body(cluster)["properties"]
+        # Left out, the default is [{value: '*'}]: every tenant. Empty: the cluster's own only.
+        assert "trustedExternalTenants" in properties, rel(path)
+        tenants = properties["trustedExternalTenants"]
+        assert tenants == [], f"{rel(path)}: trust no external tenant, not {tenants}"
+        assert "*" not in json.dumps(tenants)
+
+
+def test_dead_letters_are_versioned_and_immutable_for_the_retention_parameter() -> None:
+    tree = parsed(STORAGE)
+    (blob_service,) = declared_resources(STORAGE, "Microsoft.Storage/storageAccounts/blobServices").values()
+    assert body(blob_service)["properties"].get("isVersioningEnabled") is True
+    containers = declared_resources(STORAGE, "Microsoft.Storage/storageAccounts/blobServices/containers")
+    deadletter = [s for s, r in containers.items() if body(r)["name"] == "deadletterContainerName"]
+    assert len(deadletter) == 1, "one container named by the deadletterContainerName parameter"
+    container = body(containers[deadletter[0]])
+    assert container["properties"]["immutableStorageWithVersioning"] == {"enabled": True}
+
+    policies = [body(r) for r in declared_resources(
+        STORAGE, "Microsoft.Storage/storageAccounts/blobServices/containers/immutabilityPolicies").values()]
+    policies = [p for p in policies if p.get("parent") == deadletter[0]]
+    assert len(policies) == 1, "the dead-letter container needs its default immutability policy"
+    policy = policies[0]["properties"]
+    retention = policy["immutabilityPeriodSinceCreationInDays"]
+    assert retention in tree["parameters"], "the retention is a parameter"
+    assert decorator(tree["parameters"][retention], "min_value") == 1
+    # The app writes whole block blobs; appends to protected blobs stay refused.
+    assert policy.get("allowProtectedAppendWrites") is False
+    assert policy.get("allowProtectedAppendWritesAll") in (None, False)
+
+    # main.bicep exposes the retention (default a year) and passes it on.
+    _, module = _module_of(STORAGE)
+    outer = module["params"][retention]
+    main_parameter = parsed(MAIN)["parameters"][outer]
+    assert main_parameter["default"] == 365 and decorator(main_parameter, "min_value") == 1
+
+    # Versioning is account-wide: a lifecycle rule may expire other containers' versions, but
+    # every rule must be limited by prefix, and no prefix may reach the dead letters.
+    for resource in declared_resources(STORAGE, "Microsoft.Storage/storageAccounts/managementPolicies").values():
+        for rule in resolve(body(resource)["properties"]["policy"]["rules"], tree):
+            prefixes = resolve(rule["definition"].get("filters", {}).get("prefixMatch"), tree)
+            assert prefixes, f"lifecycle rule {rule['name']} applies to the whole account, dead letters included"
+            for prefix in prefixes:
+                assert prefix and "deadletter" not in str(prefix).lower(), (rule["name"], prefix)
+
+
+def test_the_identity_cannot_destroy_dead_letters() -> None:
+    tree = parsed(STORAGE)
+    containers = declared_resources(STORAGE, "Microsoft.Storage/storageAccounts/blobServices/containers")
+    (deadletter,) = [s for s, r in containers.items() if body(r)["name"] == "deadletterContainerName"]
+    owners = []
+    for path in PLAIN_FILES:
+        for symbol, resource in declared_resources(path, "Microsoft.Authorization/roleAssignments").items():
+            config = body(resource)
+            role = json.dumps(config["properties"]["roleDefinitionId"])
+            assert config.get("scope") != deadletter or BLOB_DATA_OWNER not in role, \
+                f"{rel(path)} {symbol}: no Storage Blob Data Owner on the dead-letter container"
+            if BLOB_DATA_OWNER in role:
+                owners.append((path, symbol, config))
+    # The host's Storage Blob Data Owner on the account stays (Microsoft documents it for an
+    # identity-based AzureWebJobsStorage), with a condition that takes the destructive data
+    # actions away in the dead-letter container.
+    assert [(p, c["scope"]) for p, _, c in owners] == [(STORAGE, "account")], owners
+    properties = owners[0][2]["properties"]
+    assert properties.get("conditionVersion") == "2.0"
+    condition = str(resolve(properties.get("condition"), tree))
+    clauses = re.findall(r"\$\{join\((\w+), ' AND '\)\}", condition)
+    assert len(clauses) == 1, f"the condition joins one list of denied actions: {condition}"
+    items = resolve(clauses[0], tree)
+    assert all(str(item).startswith("!(ActionMatches{") for item in items), items
+    denied = {m for item in items for m in re.findall(r"ActionMatches\{\\?'([^'\\]+)\\?'\}", str(item))}
+    assert denied >= DEADLETTER_DENIED, sorted(DEADLETTER_DENIED - denied)
+    assert re.search(r"\) OR \(@Resource\[Microsoft\.Storage/storageAccounts/blobServices/containers:name\] "
+                     r"StringNotEquals \\?'\$\{deadletterContainerName\}\\?'\)\)$", condition), condition
