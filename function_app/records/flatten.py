@@ -195,13 +195,33 @@ _TEXT_FIELD = re.compile(r'"(Id|Operation|CreationTime)"\s*:\s*"([^"\\]{1,256})"
 
 
 def _fields_in_text(raw: str) -> dict[str, Any]:
-    """The first Id, Operation, CreationTime and RecordType written plainly in *raw*."""
+    """The Id, Operation, CreationTime and RecordType written plainly among the record's own
+    (top-level) fields in *raw*; a nested object's ``Id`` (a folder's, a target's) is not the record's."""
+    text = raw[:65536]
     found: dict[str, Any] = {}
-    for m in _TEXT_FIELD.finditer(raw[:65536]):
-        if m.group(1) and m.group(1) not in found:
-            found[m.group(1)] = m.group(2)
-        elif m.group(3) and "RecordType" not in found:
-            found["RecordType"] = int(m.group(4))
+    depth, in_string, pos = 0, False, 0
+    for m in _TEXT_FIELD.finditer(text):
+        # Walk to the match, tracking nesting and strings, so only keys of the outermost object count.
+        while pos < m.start():
+            ch = text[pos]
+            if in_string:
+                if ch == "\\":
+                    pos += 1
+                elif ch == '"':
+                    in_string = False
+            elif ch == '"':
+                in_string = True
+            elif ch in "{[":
+                depth += 1
+            elif ch in "}]":
+                depth -= 1
+            pos += 1
+        if in_string or depth != 1:
+            continue
+        name = m.group(1) or m.group(3)
+        if name in found:
+            continue
+        found[name] = m.group(2) if m.group(1) else int(m.group(4))
     return found
 
 

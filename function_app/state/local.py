@@ -68,12 +68,15 @@ class LocalStateStore:
 
     async def get_checkpoint(self, tenant_id: str, content_type: str) -> Checkpoint | None:
         def q(con: duckdb.DuckDBPyConnection) -> Checkpoint | None:
-            row = con.execute(
+            rows = con.execute(
                 'SELECT "Position", "LastSweep" FROM "Checkpoint" WHERE "TenantId" = ? AND "ContentType" = ?',
                 [tenant_id, content_type],
-            ).fetchone()
-            if row is None:
+            ).fetchall()
+            # fetchall, not fetchone: a result left unfinished on the connection makes DuckDB refuse
+            # to register the Arrow batch of another operation in the same commit group.
+            if not rows:
                 return None
+            row = rows[0]
             return Checkpoint(tenant_id, content_type, utc(row[0]), last_sweep=_aware(row[1]))
 
         return await self._lake.run(q)
