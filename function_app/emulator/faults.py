@@ -3,8 +3,13 @@
 A :class:`FaultSpec` is parsed from a short string (the CLI's ``--faults``); a
 :class:`FaultInjector` turns it into per-request decisions drawn from one seeded
 ``random.Random`` so a sequential client sees the same faults on every run.
-Blob-level faults (late, expired, cutoff, malformed, oversize, dupblobs) are fixed once
-per tenant by :func:`apply_blob_faults`, also from the seed.
+Blob-level faults (late, expired, cutoff, malformed, oversize, dupblobs, hostile,
+hugestring) are fixed once per tenant by :func:`apply_blob_faults`, also from the seed.
+
+:func:`delivery` says what a perfect collector keeps of a faulted blob (the ground truth of
+``/_emulator/truth``). It is worked out from the byte span of each record in the body, never by
+reading records back out of a body, so the truth shares no parser's mistakes with the collector
+it judges.
 """
 
 from __future__ import annotations
@@ -13,14 +18,19 @@ import hashlib
 import itertools
 import logging
 import random
+import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
+from function_app.emulator.incident import RecordKey
+
 if TYPE_CHECKING:
-    from function_app.emulator.tenant import SyntheticTenant
+    from function_app.emulator.tenant import EmulatedBlob, SyntheticTenant
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +43,14 @@ PAGE_HEADER_SPELLINGS: tuple[str, ...] = ("nextpageuri", "NEXTPAGEURI", "NextPag
 # A padded ``oversize`` blob is at least this big: above any limit a test sets with
 # AUDITLAKE_MAX_BLOB_BYTES, far below the collector's default of 256 MiB.
 OVERSIZE_BYTES = 2 * 1024 * 1024
+
+# The string value a ``hugestring`` record carries: 50 MB of ASCII that needs no escaping, so the
+# value's length in a lake is this number exactly.
+HUGE_STRING_CHARS = 50 * 1000 * 1000
+
+# How deep the deepest ``hostile`` structures nest: past what orjson writes (254 levels), well
+# within what it and Python's json read.
+HOSTILE_DEPTH = 300
 
 # Request faults in the order their probabilities are stacked on one draw; new kinds go at
 # the end so an existing spec keeps drawing the same faults for the same seed.
@@ -48,7 +66,8 @@ _PROBABILITY_KEYS = {
     "late": "late",
     "dupblobs": "dupblobs",
 }
-_COUNT_KEYS = {"expired": "expired", "cutoff": "cutoff", "malformed": "malformed", "oversize": "oversize"}
+_COUNT_KEYS = {"expired": "expired", "cutoff": "cutoff", "malformed": "malformed", "oversize": "oversize",
+               "hostile": "hostile", "hugestring": "hugestring"}
 # Counts that only mean something from 1 up; the field default stands for "off".
 _POSITIVE_KEYS = {"burst": "burst", "pagesize": "pagesize"}
 _FLAG_KEYS = {"shuffle": "shuffle", "headercase": "headercase"}
@@ -90,8 +109,13 @@ class FaultSpec:
     (listed twice in its own listing, and again by a window that starts within 6 h after
     it); ``expired=N``, ``cutoff=N`` (always cut off), ``malformed=N`` (always corrupt
     JSON) and ``oversize=N`` (padded to at least :data:`OVERSIZE_BYTES`) take a blob count
-    per tenant. ``pagesize=N`` pages listings every N items. ``shuffle`` and ``headercase``
-    are flags (``=0``/``=false`` turns them off).
+    per tenant, and so do the two that add records beside a blob's own:
+    ``hostile=N`` (the records of :func:`hostile_records`: an inbox rule named with
+    :data:`HOSTILE_DEPTH` ``[`` then as many ``]``, a record nested :data:`HOSTILE_DEPTH`
+    levels deep, and one record each with a lone surrogate escape, ``NaN``, ``Infinity``,
+    ``1e400`` and a byte that is not UTF-8 inside a string) and ``hugestring=N`` (one record
+    holding a string of :data:`HUGE_STRING_CHARS` characters). ``pagesize=N`` pages listings
+    every N items. ``shuffle`` and ``headercase`` are flags (``=0``/``=false`` turns them off).
     """
 
     throttle: float = 0.0
@@ -112,6 +136,8 @@ class FaultSpec:
     oversize: int = 0
     dupblobs: float = 0.0
     pagesize: int = 0
+    hostile: int = 0
+    hugestring: int = 0
 
     @classmethod
     def parse(cls, spec: str) -> FaultSpec:
@@ -291,16 +317,22 @@ class FaultInjector:
             self.injected["dupblobs_window"] += len(earlier)
 
     def record(self, kind: str) -> None:
-        """Count a fault the server applied itself (late, expired, cutoff, malformed, oversize)."""
+        """Count a fault the server applied itself (late, expired, cutoff, malformed, oversize,
+        hostile, hugestring)."""
         self.injected[kind] += 1
+
+
+def cutoff_point(size: int, content_id: str) -> int:
+    """Where the body (of *size* bytes) of a ``cutoff`` blob is cut: always the same place,
+    after the ``[`` and before the last record's closing ``}``."""
+    if size <= 2:
+        return 1
+    return random.Random(stable_seed("cutoff", content_id)).randrange(1, size - 1)
 
 
 def cutoff_body(body: bytes, content_id: str) -> bytes:
     """The permanently cut-off body of a ``cutoff`` blob: always the same prefix, never valid JSON."""
-    if len(body) <= 2:
-        return body[:1]
-    cut = random.Random(stable_seed("cutoff", content_id)).randrange(1, len(body) - 1)
-    return body[:cut]
+    return body[: cutoff_point(len(body), content_id)]
 
 
 def malformed_body(body: bytes, content_id: str) -> bytes:
@@ -309,6 +341,12 @@ def malformed_body(body: bytes, content_id: str) -> bytes:
     One of three corruptions, chosen by the content id: a key followed by ``=`` instead of
     ``:``, a byte that is not UTF-8 inside a string, or content after the closing bracket.
     """
+    return malformed_corruption(body, content_id)[0]
+
+
+def malformed_corruption(body: bytes, content_id: str) -> tuple[bytes, int]:
+    """:func:`malformed_body` and the offset in *body* where it differs: inside the one record
+    it corrupts, or ``len(body)`` when the corruption is content after the closing bracket."""
     kind = stable_seed("malformed", content_id) % 3
     if kind == 0:
         at = body.find(b'":', len(body) // 2)
@@ -316,12 +354,12 @@ def malformed_body(body: bytes, content_id: str) -> bytes:
             corrupt = body[:at] + b'"=' + body[at + 2 :]
             # '":' can sit inside a string value that holds escaped JSON; there '"=' still parses.
             if not _parses(corrupt):
-                return corrupt
+                return corrupt, at
             at = body.find(b'":', at + 2)
     first_quote = body.find(b'"')
     if kind == 1 and first_quote >= 0:
-        return body[: first_quote + 1] + b"\xff" + body[first_quote + 1 :]
-    return body + b' {"Id":'
+        return body[: first_quote + 1] + b"\xff" + body[first_quote + 1 :], first_quote + 1
+    return body + b' {"Id":', len(body)
 
 
 def _parses(body: bytes) -> bool:
@@ -339,27 +377,246 @@ def oversize_body(body: bytes) -> bytes:
     return body[:1] + b" " * pad + body[1:]
 
 
+def record_spans(ends: Sequence[int]) -> list[tuple[int, int]]:
+    """The ``[start, end)`` byte span of each record in a body ``[r1,r2,...]`` whose records end
+    (one past their closing ``}``) at *ends*: the first starts after ``[``, each next one after
+    the ``,`` that ends the one before."""
+    spans: list[tuple[int, int]] = []
+    start = 1
+    for end in ends:
+        spans.append((start, end))
+        start = end + 1
+    return spans
+
+
+# --------------------------------------------------------------------- what a collector keeps
+
+
+@dataclass(frozen=True, slots=True)
+class AddedRecord:
+    """A record a fault puts in a blob beside the blob's own: its text as served, its key, and
+    whether a collector must keep it as a damaged row (a strict JSON parser refuses its text, so
+    only a lenient one reads it; its key is intact)."""
+
+    name: str
+    text: bytes
+    key: RecordKey
+    damaged: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AddedRecords:
+    """What a ``hostile`` or ``hugestring`` fault added to one blob: the body served with the added
+    records (made once, when the fault is applied; the records' own texts are not kept beside it),
+    their names and keys, and how many of them a collector keeps as damaged rows."""
+
+    kind: str
+    body: bytes
+    names: tuple[str, ...]
+    keys: tuple[RecordKey, ...]
+    damaged: int
+
+    @classmethod
+    def of(cls, kind: str, body: bytes, records: Sequence[AddedRecord]) -> AddedRecords:
+        return cls(kind, body, tuple(r.name for r in records), tuple(r.key for r in records),
+                   sum(r.damaged for r in records))
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What a perfect collector keeps of one blob.
+
+    ``keys``: the records it holds under their own key: served whole, or read by a lenient parser
+    with the key intact. ``damaged``: the rows it must keep flagged ``record:unreadable`` or
+    ``record:recovered`` (a record it can read only leniently, the unreadable text of a corrupted
+    one, the part of a record before a cut, junk after the array).
+    """
+
+    keys: list[RecordKey]
+    damaged: int
+
+
+def delivery(blob: EmulatedBlob) -> Delivery:
+    """What a perfect collector keeps of *blob*, from the byte spans of its records.
+
+    Expired and oversize blobs give nothing. A ``cutoff`` blob gives the records whose text lies
+    wholly before the cut, and one damaged row when the cut falls inside a record. A
+    ``malformed`` blob gives every record but the one whose text the corruption touches, and one
+    damaged row: that record, or the junk after the array. A blob with added records gives its
+    own and the added ones, the added ones a strict parser refuses as damaged rows.
+    """
+    if blob.expired or blob.oversize:
+        return Delivery([], 0)
+    if blob.cutoff:
+        cut = cutoff_point(len(blob.body), blob.content_id)
+        spans = record_spans(blob.ends)
+        whole = [key for key, (_, end) in zip(blob.record_keys, spans, strict=True) if end <= cut]
+        begun = any(start < cut < end for start, end in spans)
+        return Delivery(whole, int(begun))
+    if blob.malformed:
+        _, at = malformed_corruption(blob.body, blob.content_id)
+        kept = [key for key, (start, end) in zip(blob.record_keys, record_spans(blob.ends), strict=True)
+                if not start <= at < end]
+        return Delivery(kept, 1)
+    if blob.added is not None:
+        return Delivery([*blob.record_keys, *blob.added.keys], blob.added.damaged)
+    return Delivery(list(blob.record_keys), 0)
+
+
+# ----------------------------------------------------------------- records faults add
+
+
+# Placeholders in a record serialised by orjson, replaced by bytes orjson would never write:
+# _VALUE (with its quotes) by a bare token, _TEXT by characters inside the string holding it.
+_VALUE = "@@auditlake-emulator-value@@"
+_TEXT = "@@auditlake-emulator-text@@"
+
+
+def _stable_uuid(*parts: object) -> str:
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+def _admin_record(
+    tenant_id: str, domain: str, blob: EmulatedBlob, seed: int, name: str, operation: str,
+    parameters: list[dict[str, str]], **extra: Any,
+) -> tuple[dict[str, Any], RecordKey]:
+    """An Exchange admin cmdlet record (RecordType 1) that became available with *blob*."""
+    upn = f"mallory.ortiz@{domain}"
+    rec: dict[str, Any] = {
+        "CreationTime": f"{blob.content_created - timedelta(minutes=75):%Y-%m-%dT%H:%M:%S}",
+        "Id": _stable_uuid(seed, blob.content_id, name),
+        "Operation": operation,
+        "OrganizationId": tenant_id,
+        "RecordType": 1,
+        "ResultStatus": "True",
+        "UserKey": "10032003B5D7E9F1",
+        "UserType": 0,
+        "Version": 1,
+        "Workload": "Exchange",
+        "ClientIP": "185.220.101.47:50412",
+        "UserId": upn,
+        "AppId": "",
+        "ClientAppId": "",
+        "ExternalAccess": False,
+        "ObjectId": upn,
+        "OrganizationName": domain,
+        "OriginatingServer": "AM0PR05MB4803 (15.20.7513.026)",
+        "Parameters": parameters,
+        **extra,
+    }
+    return rec, (rec["Id"], 1, operation)
+
+
+def _with(rec: dict[str, Any], hole: str, token: bytes) -> bytes:
+    text = orjson.dumps(rec)
+    placeholder = f'"{hole}"'.encode() if hole == _VALUE else hole.encode()
+    if text.count(placeholder) != 1:  # pragma: no cover - a mistake in this module
+        raise ValueError(f"{hole} is not once in the record")
+    return text.replace(placeholder, token)
+
+
+def hostile_records(tenant_id: str, domain: str, blob: EmulatedBlob, seed: int) -> list[AddedRecord]:
+    r"""The records of the ``hostile`` fault for *blob*, as an attacker who chooses values writes them.
+
+    Read strictly: ``deep-name`` (a New-InboxRule named :data:`HOSTILE_DEPTH` ``[`` then as many
+    ``]``: JSON inside a string, too deep to expand) and ``deep-record`` (the record itself nested
+    :data:`HOSTILE_DEPTH` levels deep: read, but not written again by orjson). Refused by a strict
+    parser, so damaged rows, each with its key intact: a lone surrogate escape ``\ud83d``,
+    ``NaN``, ``Infinity``, ``1e400`` and a byte ``\xff`` inside a string value.
+    """
+    depth = HOSTILE_DEPTH
+    bracket_name = "[" * depth + "]" * depth
+    out: list[AddedRecord] = []
+
+    def add(name: str, operation: str, params: list[dict[str, str]], hole: str | None, token: bytes,
+            damaged: bool, **extra: Any) -> None:
+        rec, key = _admin_record(tenant_id, domain, blob, seed, name, operation, params, **extra)
+        text = orjson.dumps(rec) if hole is None else _with(rec, hole, token)
+        out.append(AddedRecord(name, text, key, damaged))
+
+    identity = [{"Name": "Identity", "Value": f"mallory.ortiz@{domain}"}]
+    add("deep-name", "New-InboxRule", [
+        {"Name": "Name", "Value": bracket_name}, {"Name": "From", "Value": "billing@contoso-payments.example"},
+        {"Name": "MoveToFolder", "Value": "RSS Subscriptions"}, {"Name": "StopProcessingRules", "Value": "True"},
+    ], None, b"", False)
+    # Each level one object: {"Level":{"Level":...0}} inside the record makes it `depth` deep.
+    nested = b'{"Level":' * (depth - 1) + b"0" + b"}" * (depth - 1)
+    add("deep-record", "Set-Mailbox", identity, _VALUE, nested, False, Nested=_VALUE)
+    add("lone-surrogate", "Set-InboxRule", [
+        *identity, {"Name": "SubjectContainsWords", "Value": f"invoice {_TEXT}"}], _TEXT, b"\\ud83d", True)
+    add("nan", "Set-Mailbox", identity, _VALUE, b"NaN", True, ItemCount=_VALUE)
+    add("infinity", "Set-Mailbox", identity, _VALUE, b"Infinity", True, ItemCount=_VALUE)
+    add("huge-number", "Set-Mailbox", identity, _VALUE, b"1e400", True, SizeInBytes=_VALUE)
+    add("bad-byte", "Set-Mailbox", identity, _TEXT, b"\xff", True,
+        ClientInfoString=f"Client=OWA;Action=ViaProxy;{_TEXT}")
+    return out
+
+
+def huge_string_record(tenant_id: str, domain: str, blob: EmulatedBlob, seed: int) -> AddedRecord:
+    """The record of the ``hugestring`` fault: an automatic reply whose message is an HTML string of
+    exactly :data:`HUGE_STRING_CHARS` ASCII characters (none needs escaping in JSON)."""
+    rec, key = _admin_record(tenant_id, domain, blob, seed, "huge-string", "Set-MailboxAutoReplyConfiguration", [
+        {"Name": "Identity", "Value": f"mallory.ortiz@{domain}"}, {"Name": "AutoReplyState", "Value": "Enabled"},
+        {"Name": "InternalMessage", "Value": _TEXT}])
+    head, tail = orjson.dumps(rec).split(_TEXT.encode())
+    start = b"<html><body>"
+    chunk = b"<p>I am out of the office until further notice; for anything urgent call the service desk.</p>" * 1024
+    whole, rest = divmod(HUGE_STRING_CHARS - len(start), len(chunk))
+    # One join of references to one chunk: the 50 MB are allocated once, with no copy on the way.
+    text = b"".join([head, start, *([chunk] * whole), chunk[:rest], tail])
+    return AddedRecord("huge-string", text, key, False)
+
+
+def body_with(blob: EmulatedBlob, added: Sequence[AddedRecord], rng: random.Random) -> bytes:
+    """*blob*'s body with the *added* records' texts put among its own records, where *rng* says."""
+    parts = [blob.body[start:end] for start, end in record_spans(blob.ends)]
+    for record in added:
+        parts.insert(rng.randrange(len(parts) + 1), record.text)
+    pieces = [b"["]
+    for part in parts:
+        pieces += (part, b",")
+    pieces[-1] = b"]"
+    # One join: a 50 MB record is copied once, into the body.
+    return b"".join(pieces)
+
+
+def _shared_keys(tenant: SyntheticTenant) -> set[RecordKey]:
+    seen: Counter[RecordKey] = Counter()
+    for blob in tenant.blobs:
+        seen.update(set(blob.record_keys))
+    return {key for key, n in seen.items() if n > 1}
+
+
 def apply_blob_faults(tenant: SyntheticTenant, spec: FaultSpec, seed: int) -> None:
     """Mark the tenant's faulty blobs as *spec* asks, the same way for the same seed.
 
-    Expired, cutoff, malformed and oversize blobs are chosen among blobs already available
-    at generation time that carry no incident record (so the scripted investigation always
-    has its evidence); the four sets are disjoint. Late and duplicated blobs are any blobs,
-    the incident's included; each fault draws from its own stream, so adding one to a spec
-    leaves the blobs the others chose unchanged.
+    Expired, cutoff, malformed and oversize blobs are chosen among blobs already available at
+    generation time that carry no incident record (so the scripted investigation always has its
+    evidence) and no record delivered in another blob too (so what a collector keeps of a damaged
+    record never races a whole copy of it); the four sets are disjoint. Hostile and hugestring
+    blobs are chosen, in that order, among the eligible blobs left, Audit.Exchange ones when there
+    are enough (their records are Exchange cmdlets), and get their records and served body here.
+    Late and duplicated blobs are any blobs, the incident's included; each fault draws from its
+    own stream, so adding one to a spec leaves the blobs the others chose unchanged (hostile and
+    hugestring only take what the four left).
     """
     rng = random.Random(stable_seed(seed, tenant.tenant_id, "blob-faults"))
     for blob in tenant.blobs:
         blob.late = blob.expired = blob.cutoff = blob.late_hidden = False
         blob.malformed = blob.oversize = blob.duplicated = False
+        blob.added = None
     if spec.late:
         for blob in tenant.blobs:
             if rng.random() < spec.late:
                 blob.late = True
-    eligible = [b for b in tenant.blobs if b.content_created <= tenant.now and not b.has_incident]
+    shared = _shared_keys(tenant)
+    eligible = [b for b in tenant.blobs if b.content_created <= tenant.now and not b.has_incident
+                and shared.isdisjoint(b.record_keys)]
     counts = (spec.expired, spec.cutoff, spec.malformed, spec.oversize)
     wanted = min(len(eligible), sum(counts))
-    chosen = iter(rng.sample(eligible, wanted))
+    picked = rng.sample(eligible, wanted)
+    chosen = iter(picked)
     for attribute, count in zip(("expired", "cutoff", "malformed", "oversize"), counts, strict=True):
         for blob in itertools.islice(chosen, count):
             setattr(blob, attribute, True)
@@ -370,6 +627,24 @@ def apply_blob_faults(tenant: SyntheticTenant, spec: FaultSpec, seed: int) -> No
             *counts,
             extra={"tenant_id": tenant.tenant_id},
         )
+    taken = {id(b) for b in picked}
+    free = [b for b in eligible if id(b) not in taken]
+    for kind, count in (("hostile", spec.hostile), ("hugestring", spec.hugestring)):
+        if not count:
+            continue
+        kind_rng = random.Random(stable_seed(seed, tenant.tenant_id, kind))
+        exchange = [b for b in free if b.content_type == "Audit.Exchange"]
+        pool = exchange if len(exchange) >= count else free
+        for blob in kind_rng.sample(pool, min(count, len(pool))):
+            records = (hostile_records(tenant.tenant_id, tenant.domain, blob, seed) if kind == "hostile"
+                       else [huge_string_record(tenant.tenant_id, tenant.domain, blob, seed)])
+            blob.added = AddedRecords.of(kind, body_with(blob, records, kind_rng), records)
+            del records  # its texts are in the body now: a 50 MB one is not kept twice
+            taken.add(id(blob))
+        if len(pool) < count:
+            log.warning("tenant has only %d eligible blobs left for %s=%d", len(pool), kind, count,
+                        extra={"tenant_id": tenant.tenant_id})
+        free = [b for b in free if id(b) not in taken]
     if spec.dupblobs:
         dup_rng = random.Random(stable_seed(seed, tenant.tenant_id, "dupblobs"))
         for blob in tenant.blobs:

@@ -186,8 +186,8 @@ def _real_now() -> datetime:
 class EmulatorState:
     """Everything the emulator serves and remembers: tenants, subscriptions, faults, clock, statistics.
 
-    Blob-level faults (late, expired, cutoff, malformed, oversize, dupblobs) are applied to the
-    tenants here, from *seed*. A ``pagesize`` fault overrides *page_size*.
+    Blob-level faults (late, expired, cutoff, malformed, oversize, dupblobs, hostile, hugestring)
+    are applied to the tenants here, from *seed*. A ``pagesize`` fault overrides *page_size*.
     """
 
     def __init__(
@@ -563,7 +563,10 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         state.injector.record("oversize")
         return await _serve_oversize(request, blob)
     else:
-        body = state.injector.truncate(blob.body) or blob.body
+        if blob.added is not None:
+            state.injector.record(blob.added.kind)
+        served = blob.served_body
+        body = state.injector.truncate(served) or served
     return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 
@@ -611,7 +614,15 @@ def _control_time(request: web.Request, name: str, default: datetime) -> datetim
 
 
 async def control_truth(request: web.Request) -> web.Response:
-    """Unique record keys of the retrievable blobs available now, and the blobs that never will be.
+    """What a perfect collector holds of the blobs available now, and the blobs it never can ingest.
+
+    ``records``: the unique keys ``[Id, RecordType, Operation]`` of every record it holds under
+    its own key: served whole (the records before the cut of a cutoff blob and around the
+    corruption of a malformed one included), or read only by a lenient parser with the key intact
+    (hostile records). ``damaged``: how many rows it keeps flagged ``record:unreadable`` or
+    ``record:recovered`` (see :func:`faults.delivery`). ``undeliverable``: the blobs that end
+    ``failed`` or ``expired``, with the reason (``expired``, ``cutoff``, ``oversize``). ``added``:
+    the keys of the records the ``hostile`` and ``hugestring`` faults put in, by fault.
 
     ``start`` defaults to now - 7 days, ``end`` to just after now; ``contentType`` to all.
     """
@@ -623,12 +634,18 @@ async def control_truth(request: web.Request) -> web.Response:
     now = state.now()
     start = _control_time(request, "start", now - RETENTION)
     end = _control_time(request, "end", now + timedelta(milliseconds=1))
-    keys = sorted(tenant.truth(ct, start, end, now))
+    deliveries = tenant.deliveries(ct, start, end, now)
+    keys = sorted({key for _, d in deliveries for key in d.keys})
     undeliverable = [
-        {"contentId": b.content_id, "contentType": b.content_type, "reason": reason}
-        for b, reason in tenant.undeliverable(ct, start, end, now)
+        {"contentId": b.content_id, "contentType": b.content_type, "reason": b.undeliverable_reason}
+        for b, _ in deliveries if b.undeliverable_reason
     ]
-    return _json({"records": [list(k) for k in keys], "undeliverable": undeliverable})
+    added: dict[str, list[list[object]]] = {}
+    for b, _ in deliveries:
+        if b.added is not None:
+            added.setdefault(b.added.kind, []).extend(list(k) for k in b.added.keys)
+    return _json({"records": [list(k) for k in keys], "damaged": sum(d.damaged for _, d in deliveries),
+                  "undeliverable": undeliverable, "added": added})
 
 
 async def control_stats(request: web.Request) -> web.Response:

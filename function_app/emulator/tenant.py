@@ -7,8 +7,9 @@ about 1% of blobs. Records inside a blob are unordered. About 2% of records are 
 again in a later blob of the same content type, keys reordered, values equal; that is the
 same record and the ground truth counts it once.
 
-Each blob body is serialised once, when the blob is made; only the bytes and the record
-keys are kept, so a large tenant costs its serialised size and little more.
+Each blob body is serialised once, when the blob is made; only the bytes, the record keys and
+where each record's text ends are kept, so a large tenant costs its serialised size and little
+more.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import random
 import time
 import uuid
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 
 from function_app.core.model import CONTENT_TYPES, utc
-from function_app.emulator.faults import stable_seed
+from function_app.emulator.faults import AddedRecords, Delivery, delivery, stable_seed
 from function_app.emulator.incident import Incident, RecordKey, record_key, script_incident
 from function_app.emulator.synth import Record, RecordFactory, World
 
@@ -62,9 +64,12 @@ _USUAL_LAG = timedelta(minutes=60)
 class EmulatedBlob:
     """One content blob: listing metadata, the body exactly as served, and the keys of its records.
 
-    ``late``, ``expired``, ``cutoff``, ``malformed``, ``oversize`` and ``duplicated`` are set
-    by fault injection; ``late_hidden`` records that a late blob has already been left out of
-    the one listing it was hidden from.
+    ``body`` is ``orjson.dumps`` of the records (``[`` + their texts joined by ``,`` + ``]``);
+    ``ends[i]`` is the offset just past record ``i``'s text, whose key is ``record_keys[i]``.
+    ``late``, ``expired``, ``cutoff``, ``malformed``, ``oversize``, ``duplicated`` and ``added``
+    (records a ``hostile`` or ``hugestring`` fault put beside the blob's own, with the body then
+    served) are set by fault injection; ``late_hidden`` records that a late blob has already been
+    left out of the one listing it was hidden from.
     """
 
     content_type: str
@@ -73,6 +78,7 @@ class EmulatedBlob:
     content_expiration: datetime
     body: bytes
     record_keys: list[RecordKey]
+    ends: array[int] = field(default_factory=lambda: array("I"))
     has_incident: bool = False
     late: bool = False
     late_hidden: bool = False
@@ -81,17 +87,24 @@ class EmulatedBlob:
     malformed: bool = False
     oversize: bool = False
     duplicated: bool = False
+    added: AddedRecords | None = None
+
+    @property
+    def served_body(self) -> bytes:
+        """The body served when no fault cuts, corrupts or pads it: with the added records, if any."""
+        return self.added.body if self.added is not None else self.body
 
     @property
     def undeliverable_reason(self) -> str | None:
-        """``"expired"``, ``"cutoff"``, ``"malformed"`` or ``"oversize"`` for a blob a collector can
-        never ingest, else None.
+        """``"expired"``, ``"cutoff"`` or ``"oversize"`` for a blob a collector can never ingest
+        whole, else None.
 
-        An oversize blob is whole and valid; it counts as undeliverable because the fault exists
-        to exceed a collector's size limit, and a collector within its limit must refuse it.
+        A cutoff blob still yields the records before the cut (see :func:`faults.delivery`). An
+        oversize blob is whole and valid; it counts as undeliverable because the fault exists to
+        exceed a collector's size limit, and a collector within its limit must refuse it. A
+        malformed blob is whole: a collector reads every record around the corruption.
         """
-        flags = (("expired", self.expired), ("cutoff", self.cutoff), ("malformed", self.malformed),
-                 ("oversize", self.oversize))
+        flags = (("expired", self.expired), ("cutoff", self.cutoff), ("oversize", self.oversize))
         return next((reason for reason, flagged in flags if flagged), None)
 
 
@@ -191,20 +204,32 @@ class SyntheticTenant:
                 if b.content_created <= utc(available_at):
                     yield b
 
+    def deliveries(
+        self, content_type: str | None, start: datetime, end: datetime, available_at: datetime
+    ) -> list[tuple[EmulatedBlob, Delivery]]:
+        """What a perfect collector keeps of each blob of *content_type* (all when None) with
+        ``start <= contentCreated < end`` and ``contentCreated <= available_at``.
+
+        Natural expiry is not applied: choose *start* accordingly.
+        """
+        return [(b, delivery(b)) for b in self._select(content_type, start, end, available_at)]
+
     def truth(
         self, content_type: str | None, start: datetime, end: datetime, available_at: datetime
     ) -> set[RecordKey]:
-        """Unique record keys a perfect collector would hold for these blobs.
-
-        Counted: blobs of *content_type* (all when None) with ``start <= contentCreated < end``
-        and ``contentCreated <= available_at`` that can be ingested (no undeliverable_reason).
-        Natural expiry is not applied: choose *start* accordingly.
-        """
+        """Unique record keys a perfect collector would hold for the blobs of :meth:`deliveries`:
+        every record served whole (those before the cut of a cutoff blob and those around the
+        corruption of a malformed one included) and every record only a lenient parser reads
+        whose key is intact."""
         keys: set[RecordKey] = set()
-        for b in self._select(content_type, start, end, available_at):
-            if b.undeliverable_reason is None:
-                keys.update(b.record_keys)
+        for _, d in self.deliveries(content_type, start, end, available_at):
+            keys.update(d.keys)
         return keys
+
+    def damaged(self, content_type: str | None, start: datetime, end: datetime, available_at: datetime) -> int:
+        """How many rows a perfect collector keeps flagged ``record:unreadable`` or ``record:recovered``
+        for the blobs of :meth:`deliveries`."""
+        return sum(d.damaged for _, d in self.deliveries(content_type, start, end, available_at))
 
     def undeliverable(
         self, content_type: str | None, start: datetime, end: datetime, available_at: datetime
@@ -268,13 +293,21 @@ class _BlobBuilder:
         if not records:
             return
         self.rng.shuffle(records)
+        # The same bytes as orjson.dumps(records), with where each record's text ends.
+        texts = [orjson.dumps(r) for r in records]
+        ends: array[int] = array("I")
+        end = 0
+        for text in texts:
+            end += 1 + len(text)
+            ends.append(end)
         self.blobs.append(EmulatedBlob(
             content_type=content_type,
             content_id=self._content_id(content_type, created),
             content_created=created,
             content_expiration=created + RETENTION,
-            body=orjson.dumps(records),
+            body=b"[" + b",".join(texts) + b"]",
             record_keys=[record_key(r) for r in records],
+            ends=ends,
             has_incident=has_incident,
         ))
 

@@ -3,9 +3,12 @@ collector) goes wrong, each against `auditlake emulator` in its own process and
 `auditlake collect --once` over real HTTP.
 
 Every scenario asserts the same things against the emulator's ground truth
-(``/_emulator/truth``): no record the emulator served in range is missing from the lake, no
-record is in the lake twice, and the ledger holds exactly the blobs the emulator can never
-deliver, ``failed`` or ``expired`` with the reason, every other blob ``ingested`` once.
+(``/_emulator/truth``): no record the emulator served in range is missing from the lake (the
+records before the cut of a cut-off blob and the readable neighbours of a corrupt record
+included), no record is in the lake twice, every row flagged ``record:unreadable`` or
+``record:recovered`` is one the truth counts as ``damaged`` (and every other row a record the
+emulator served whole), and the ledger holds exactly the blobs the emulator can never deliver
+whole, ``failed`` or ``expired`` with the reason, every other blob ``ingested`` once.
 
 ``SCENARIOS`` is also the README's "Fault suite" table: ``test_readme_lists_the_scenarios``
 keeps the two equal (``python -m tests.flows.test_fault_suite`` prints the table).
@@ -15,11 +18,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +33,7 @@ from typing import Any
 import duckdb
 import pytest
 
+from function_app.emulator.faults import HUGE_STRING_CHARS
 from tests.flows.conftest import AUDITLAKE, REPO, RunningEmulator, collect_env
 
 TENANT = "6d5c4b3a-2f1e-4d0c-9b8a-7f6e5d4c3b2a"
@@ -35,6 +41,11 @@ README = REPO / "README.md"
 # What every scenario asserts, and what the README's table says.
 LOST = 0
 DUPLICATED = 0
+# A row a collector keeps for a record it could read only leniently, or not at all.
+DAMAGED_FLAGS = ("record:unreadable:", "record:recovered:")
+_DAMAGED_SQL = " OR ".join(f"CAST(\"Quality\" AS VARCHAR) LIKE '%{flag}%'" for flag in DAMAGED_FLAGS)
+
+
 @dataclass(frozen=True)
 class Kill:
     """SIGKILL the collector once *pattern* (a regex) has matched *count* lines of its log."""
@@ -61,12 +72,29 @@ class Scenario:
     kills: tuple[Kill, ...] = ()
     days: float = 1.0
     seed: int = 41
+    # Rows flagged record:unreadable / record:recovered the truth must count; None: it depends
+    # on where the faults fall (the lake must still hold exactly the truth's count).
+    damaged: int | None = 0
+    # Substrings of Quality flags that some row of the lake must carry.
+    flags: tuple[str, ...] = ()
+    # Rows of the failed blobs are in the lake: what was read before they broke off.
+    salvaged: bool = False
+    # The record of the hugestring fault is in the lake with its whole string.
+    huge: bool = False
+    # Size of a tmpfs the first run's lake lives on; the rerun has the lake moved to a big disk.
+    disk: str = ""
 
     @property
     def settings(self) -> str:
         parts = [f"`--faults {self.faults}`"] if self.faults else []
         parts += [f"`{k}={v}`" for k, v in self.env.items()]
+        if self.disk:
+            parts.append(f"`--lake` on a tmpfs of size={self.disk}, then moved")
         return ", ".join(parts) or "none"
+
+    @property
+    def damaged_rows(self) -> str:
+        return "one per blob cut inside a record" if self.damaged is None else str(self.damaged)
 
     @property
     def ledger(self) -> str:
@@ -78,6 +106,7 @@ class Scenario:
 
 _LIMIT = 1024 * 1024
 _CUT = "not valid JSON (cut off or corrupt)"
+_SALVAGED = "before the cut"
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
@@ -107,12 +136,23 @@ SCENARIOS: tuple[Scenario, ...] = (
         "truncate=0.05", evidence=("truncate",)),
     Scenario(
         "cut-off blobs",
-        "2 blobs always cut short: re-fetched, then given up on",
-        "cutoff=2", failed=2, reason=(_CUT,), evidence=("cutoff",)),
+        "2 blobs always cut short: re-fetched, then given up on; the records before the cut are kept",
+        "cutoff=2", failed=2, reason=(_CUT, _SALVAGED), evidence=("cutoff",), damaged=None, salvaged=True),
     Scenario(
         "malformed blobs",
-        "2 blobs whose body is whole but never valid JSON",
-        "malformed=2", failed=2, reason=(_CUT, "line 1 column"), evidence=("malformed",)),
+        "2 blobs whose body is whole but never valid JSON (a key followed by =, a byte that is not UTF-8, "
+        "junk after the array): the rest of each blob is kept, the damage as one flagged row per blob",
+        "malformed=2", evidence=("malformed",), damaged=2),
+    Scenario(
+        "hostile records",
+        "2 blobs also hold records an attacker shaped: an inbox rule named 300 [ then 300 ], a record 300 levels "
+        "deep, a lone surrogate escape, NaN, Infinity, 1e400, a byte that is not UTF-8",
+        "hostile=2", evidence=("hostile",), damaged=10,
+        flags=("too-deep:Parameters.Name", "AuditData:unserialisable:", "record:recovered:")),
+    Scenario(
+        "50 MB string",
+        "a blob also holds a record whose automatic-reply message is a 50 MB string; it is kept whole",
+        "hugestring=1", evidence=("hugestring",), huge=True),
     Scenario(
         "oversize blobs",
         "2 blobs of 2 MiB against a 1 MiB limit",
@@ -152,6 +192,11 @@ SCENARIOS: tuple[Scenario, ...] = (
         "killed mid-ingest",
         "SIGKILL after 40 blobs were ingested, the rest still queued; then run again",
         "", kills=(Kill("blob ingested", count=40, unsettled=("queued",)),)),
+    Scenario(
+        "disk full",
+        "the lake's disk fills up: collect stops at once, exit 1, one line saying the lake cannot be written; "
+        "the lake file moved to a bigger disk, the rerun finishes the job",
+        "", disk="1M"),
 )
 
 
@@ -159,10 +204,11 @@ def render_table() -> str:
     """The markdown table of SCENARIOS, as the README carries it."""
     lines = [
         "| scenario | what happened | emulator faults, collector settings | lost | duplicated "
-        "| failed / expired in ContentLedger (reason contains) |",
-        "|---|---|---|---|---|---|",
+        "| damaged rows kept, flagged | failed / expired in ContentLedger (reason contains) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {s.name} | {s.happens} | {s.settings} | {LOST} | {DUPLICATED} | {s.ledger} |" for s in SCENARIOS]
+    lines += [f"| {s.name} | {s.happens} | {s.settings} | {LOST} | {DUPLICATED} | {s.damaged_rows} | {s.ledger} |"
+              for s in SCENARIOS]
     return "\n".join(lines)
 
 
@@ -230,6 +276,37 @@ def _run_until_killed(cmd: list[str], env: dict[str, str], kill: Kill) -> None:
     assert proc.returncode == -signal.SIGKILL, f"the run ended before {kill.pattern!r} matched {kill.count} times"
 
 
+@contextmanager
+def _small_disk(where: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of *size* mounted at *where* for the block; fails the test where mounting is not allowed."""
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        # CI runs as root on this kind of machine: a scenario that cannot run is a failure, not a skip.
+        pytest.fail(f"cannot mount a tmpfs for the disk-full scenario: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def _fill_the_disk(emu: RunningEmulator, scenario: Scenario, env: dict[str, str], lake: Path) -> None:
+    """Run collect with the lake on a small disk until the disk is full, then move the lake to *lake*."""
+    with _small_disk(lake.parent / "small", scenario.disk) as small:
+        small_lake = small / lake.name
+        proc = subprocess.run(_collect_cmd(emu, small_lake), env=env, cwd=REPO, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 1, f"the disk did not fill up: {proc.stderr[-3000:]}"
+        said = [line for line in proc.stderr.splitlines() if "cannot be written" in line]
+        assert len(said) == 1, proc.stderr[-3000:]
+        assert proc.stderr.strip().splitlines()[-1] == said[0]
+        assert said[0].startswith(f"auditlake: error: the lake at {small_lake} cannot be written: "), said[0]
+        for part in small.glob(f"{lake.name}*"):
+            shutil.copy2(part, lake.parent / part.name)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name.replace(" ", "-") for s in SCENARIOS])
 def test_fault_scenario(scenario: Scenario, emulator_factory: Any, tmp_path: Path) -> None:
@@ -240,6 +317,8 @@ def test_fault_scenario(scenario: Scenario, emulator_factory: Any, tmp_path: Pat
     env = collect_env(**scenario.env)
     started = datetime.now(UTC)
 
+    if scenario.disk:
+        _fill_the_disk(emu, scenario, env, lake)
     for kill in scenario.kills:
         _run_until_killed(_collect_cmd(emu, lake, kill.verbosity), env, kill)
         if kill.unsettled:
@@ -258,15 +337,28 @@ def test_fault_scenario(scenario: Scenario, emulator_factory: Any, tmp_path: Pat
     in_range = _get(f"{emu.base_url}/_emulator/truth?tenantId={TENANT}"
                     f"&start={_iso(started - timedelta(days=7, minutes=-6))}&end={_iso(started)}")
     expected = {(r[0], int(r[1]), r[2]) for r in in_range["records"]}
-    served = {(r[0], int(r[1]), r[2]) for r in _get(f"{emu.base_url}/_emulator/truth?tenantId={TENANT}")["records"]}
-    rows = _query(lake, 'SELECT "Id", "RecordType", "Operation" FROM "AuditRecord"')
-    keys = [(str(a), int(b), str(c)) for a, b, c in rows]
+    whole = _get(f"{emu.base_url}/_emulator/truth?tenantId={TENANT}")
+    served = {(r[0], int(r[1]), r[2]) for r in whole["records"]}
+    rows = _query(lake, f'SELECT "Id", "RecordType", "Operation", ({_DAMAGED_SQL}) FROM "AuditRecord"')
+    keys = [(str(a), int(b), str(c)) for a, b, c, _ in rows]
+    kept_whole = {(str(a), int(b), str(c)) for a, b, c, damaged in rows if not damaged}
+    damaged_rows = sum(1 for *_, damaged in rows if damaged)
     assert len(expected) > 300
 
     lost = expected - set(keys)
     assert len(lost) == LOST, f"{len(lost)} records lost, e.g. {sorted(lost)[:3]}"
     assert len(keys) - len(set(keys)) == DUPLICATED, "a record is in the lake twice"
-    assert set(keys) <= served, "the lake holds records the emulator never served whole"
+    assert kept_whole <= served, "the lake holds records the emulator never served whole, unflagged"
+    # Every fault blob was available before the run began: the whole truth's damage is in range.
+    assert in_range["damaged"] == whole["damaged"]
+    assert damaged_rows == in_range["damaged"], (
+        f"{damaged_rows} rows flagged {' / '.join(DAMAGED_FLAGS)}, the emulator damaged {in_range['damaged']}")
+    if scenario.damaged is not None:
+        assert in_range["damaged"] == scenario.damaged
+    for flag in scenario.flags:
+        flagged = _query(lake, f"""SELECT count(*) FROM "AuditRecord"
+                                   WHERE CAST("Quality" AS VARCHAR) LIKE '%{flag}%'""")
+        assert flagged[0][0], f"no row flagged {flag}"
 
     ledger = {str(cid): (str(status), str(error or ""), int(records or 0), int(attempts))
               for cid, status, error, records, attempts in _query(
@@ -279,6 +371,17 @@ def test_fault_scenario(scenario: Scenario, emulator_factory: Any, tmp_path: Pat
         assert all(part in error for part in scenario.reason), (cid, error)
     outcomes = [row[0] for row in settled_badly.values()]
     assert (outcomes.count("failed"), outcomes.count("expired")) == (scenario.failed, scenario.expired)
+    if scenario.salvaged:
+        failed = ", ".join(f"'{cid}'" for cid in settled_badly)
+        kept = _query(lake, f'SELECT count(*) FROM "AuditRecord" WHERE "ContentId" IN ({failed})')[0][0]
+        assert 0 < kept == sum(row[2] for row in settled_badly.values()), (
+            f"{kept} rows of the failed blobs in the lake; the ledger says they were read")
+    if scenario.huge:
+        huge = [tuple(k) for k in in_range["added"]["hugestring"]]
+        assert len(huge) == 1
+        (length,) = _query(lake, f"""SELECT length(json_extract_string("AuditData", '$.Parameters[2].Value'))
+                                    FROM "AuditRecord" WHERE "Id" = '{huge[0][0]}'""")[0]
+        assert length == HUGE_STRING_CHARS, f"the 50 MB string is {length} characters in the lake"
     stats = _get(f"{emu.base_url}/_emulator/stats")
     missing = [kind for kind in scenario.evidence if not stats["faults"].get(kind)]
     assert not missing, f"faults never injected: {missing} (injected: {stats['faults']})"

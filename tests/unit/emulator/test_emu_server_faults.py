@@ -76,16 +76,20 @@ def test_malformed_blobs_are_whole_but_never_json() -> None:
     async def body(emu: EmulatorServer, api: Api) -> None:
         tenant = emu.state.tenants[api.tenant]
         truth = (await api.control("truth")).json()
-        bad = [u["contentId"] for u in truth["undeliverable"]]
-        assert [u["reason"] for u in truth["undeliverable"]] == ["malformed", "malformed"]
-        for cid in bad:
-            blob = tenant.blob(cid)
-            assert blob is not None
+        # Whole blobs: a collector keeps every record around the corruption, and one damaged row.
+        assert truth["undeliverable"] == [] and truth["damaged"] == 2
+        records = {tuple(r) for r in truth["records"]}
+        bad = [b for b in tenant.blobs if b.malformed]
+        assert len(bad) == 2
+        for blob in bad:
+            cid = blob.content_id
             replies = [await api.call("GET", f"{api.feed}/audit/{cid}") for _ in range(2)]
             assert all(r.status == 200 and r.body == malformed_body(blob.body, cid) for r in replies)
             with pytest.raises(orjson.JSONDecodeError):
                 replies[0].json()
             assert len(replies[0].body) >= len(blob.body)
+            # At most one record, the one the corruption touches, is not served whole.
+            assert len(set(blob.record_keys) - records) <= 1
         assert (await api.control("stats")).json()["faults"]["malformed"] == 4
 
     run(body, faults="malformed=2")
