@@ -61,7 +61,6 @@ async def collect(
         pipeline = Pipeline(
             api=client, state=state, sink=lake, build_rows=build_rows, clock=clock,
             rules=rules_from(settings), concurrency=settings.concurrency,
-            throttle_count=lambda: client.stats.throttled,
             on_listed=progress.listed, on_outcome=progress.settled,
         )
         while True:

@@ -62,10 +62,6 @@ def _adx_credential(cfg: AppSettings) -> TokenCredential | None:
     return ManagedIdentityCredential(client_id=client_id) if client_id else None
 
 
-def _throttle_counter(client: ManagementApiClient) -> Callable[[], int]:
-    return lambda: client.stats.throttled
-
-
 async def build_runtime(cfg: AppSettings) -> tuple[Runtime, list[Callable[[], Awaitable[None]]]]:
     """Every client the handlers need, and the closers that release them (in order)."""
     closers: list[Callable[[], Awaitable[None]]] = []
@@ -112,7 +108,7 @@ async def build_runtime(cfg: AppSettings) -> tuple[Runtime, list[Callable[[], Aw
                 keep_body=True, memory=memory,
             )
             clients[root] = client
-        apis[tenant.tenant_id] = TenantApi(client, client.api_root, _throttle_counter(client))
+        apis[tenant.tenant_id] = TenantApi(client, client.api_root)
     # Settled ledger rows and runs are also ingested into ADX, so they are countable with KQL.
     mirrored = AdxMirroredState(state, sink)
     runtime = Runtime(settings=core, azure=az, state=mirrored, queue=queue, deadletter=deadletter, sink=sink,

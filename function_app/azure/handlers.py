@@ -49,11 +49,10 @@ _TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 
 @dataclass(frozen=True, slots=True)
 class TenantApi:
-    """The Management API client that serves one tenant, its API root, and its throttle count."""
+    """The Management API client that serves one tenant, and its API root."""
 
     api: ActivityApi
     api_root: str
-    throttled: Callable[[], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +143,7 @@ async def collect_feed(rt: Runtime, tenant_id: str, content_type: str) -> FeedRe
     result = FeedResult(tenant_id, content_type)
     result.requeued = await requeue_stale(rt, tenant_id, content_type)
     tenant = rt.api_for(tenant_id)
-    planner = Planner(tenant.api, rt.state, rt.queue.enqueue, rt.clock, rt.rules, tenant.throttled)
+    planner = Planner(tenant.api, rt.state, rt.queue.enqueue, rt.clock, rt.rules)
     try:
         result.run = await planner.run(PlanRequest(tenant_id, content_type))
     except CheckpointConflictError:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from function_app.core.errors import ApiError, SubscriptionMissingError
-from function_app.core.model import Checkpoint, ContentBlob, RunStats, Window, utc
+from function_app.core.model import PLANNING_RUN, Checkpoint, ContentBlob, RunStats, Window, utc
 from function_app.core.ports import ActivityApi, StateStore
 from function_app.core.windows import (
     PlanningRules,
@@ -49,14 +49,12 @@ class Planner:
         hand_off: HandOff,
         clock: Clock,
         rules: PlanningRules,
-        throttle_count: Callable[[], int] | None = None,
     ) -> None:
         self._api = api
         self._state = state
         self._hand_off = hand_off
         self._clock = clock
         self._rules = rules
-        self._throttle_count = throttle_count or (lambda: 0)
 
     async def run(self, request: PlanRequest, run_id: str | None = None) -> RunStats:
         """Catch up from the checkpoint (and sweep when due); never raises for API errors.
@@ -71,8 +69,9 @@ class Planner:
             content_type=request.content_type,
             started_at=now,
         )
-        throttled_before = self._throttle_count()
         checkpoint = await self._state.get_checkpoint(request.tenant_id, request.content_type)
+        # Throttled answers to this run's own calls are counted on it (o365.retry), not the client's total.
+        planning = PLANNING_RUN.set(stats)
         try:
             if checkpoint is not None and checkpoint.position < earliest_start(now):
                 # An outage longer than the API keeps content: say what is gone, loudly.
@@ -98,7 +97,7 @@ class Planner:
                       request.tenant_id, request.content_type, exc)
             stats.errors.append(str(exc))
         finally:
-            stats.throttled = self._throttle_count() - throttled_before
+            PLANNING_RUN.reset(planning)
             stats.finished_at = utc(self._clock())
             await self._state.record_run(stats)
         return stats

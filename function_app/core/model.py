@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -98,6 +99,12 @@ class RunStats:
     blobs_new: int = 0
     throttled: int = 0
     errors: list[str] = field(default_factory=list)
+
+
+PLANNING_RUN: ContextVar[RunStats | None] = ContextVar("auditlake_planning_run", default=None)
+"""The run whose listing calls the current task is making: the retry policy counts a throttled
+answer against it. A context variable, because feeds plan concurrently over one shared client,
+and a shared counter read before and after each run credited every feed with the others' throttles."""
 
 
 @dataclass(frozen=True, slots=True)

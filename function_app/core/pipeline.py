@@ -69,7 +69,6 @@ class Pipeline:
         clock: Clock,
         rules: PlanningRules,
         concurrency: int = 8,
-        throttle_count: Callable[[], int] | None = None,
         on_listed: Callable[[int], None] | None = None,
         on_outcome: Callable[[BlobOutcome], None] | None = None,
     ) -> None:
@@ -78,7 +77,6 @@ class Pipeline:
         self._api, self._state, self._sink = api, state, sink
         self._build_rows, self._clock, self._rules = build_rows, clock, rules
         self._concurrency = concurrency
-        self._throttle_count = throttle_count
         self._on_listed = on_listed or (lambda n: None)
         self._on_outcome = on_outcome or (lambda o: None)
 
@@ -113,7 +111,7 @@ class Pipeline:
             for blob in blobs:
                 queue.put_nowait(blob)
 
-        planner = Planner(self._api, self._state, hand_off, self._clock, self._rules, self._throttle_count)
+        planner = Planner(self._api, self._state, hand_off, self._clock, self._rules)
 
         async def plan(request: PlanRequest) -> RunStats | None:
             try:

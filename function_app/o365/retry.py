@@ -15,6 +15,7 @@ import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from function_app.core.errors import RetryableError, ThrottledError
+from function_app.core.model import PLANNING_RUN
 from function_app.o365.errors import IncompleteContentError, retry_after_of
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,9 @@ class RetryPolicy:
         exc = state.outcome.exception() if state.outcome is not None else None
         if isinstance(exc, ThrottledError):
             self.stats.throttled += 1
+            run = PLANNING_RUN.get()
+            if run is not None:
+                run.throttled += 1
 
     def _before_sleep(self, state: RetryCallState, label: str) -> None:
         self.stats.retries += 1

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from function_app.core.collector import Planner, PlanRequest
-from function_app.core.model import ContentBlob
+from function_app.core.errors import ThrottledError
+from function_app.core.model import ContentBlob, FetchedContent
 from function_app.core.windows import PlanningRules
 from function_app.lake.duckdb_lake import LocalLake
+from function_app.o365.retry import RetryPolicy
 from function_app.state.local import LocalStateStore
 from tests.fakes import FakeApi, FakeClock
 
@@ -159,3 +161,56 @@ def test_every_run_is_recorded(h: Harness) -> None:
     rows = h.lake.connection.execute(
         'SELECT "BlobsListed", "BlobsNew", "Pages" FROM "CollectorRun"').fetchall()
     assert rows == [(2, 1, 2)]  # listed in catch-up and again by the first sweep
+
+
+class ThrottledListings:
+    """The fake API behind one shared retry policy, as a client is shared by every feed: the
+    first *throttles* listing calls of *content_type* are answered AF429 before they succeed."""
+
+    def __init__(self, inner: FakeApi, policy: RetryPolicy, content_type: str, throttles: int) -> None:
+        self.inner, self.policy = inner, policy
+        self.content_type, self.left = content_type, throttles
+
+    async def start_subscription(self, tenant_id: str, content_type: str) -> None:
+        await self.inner.start_subscription(tenant_id, content_type)
+
+    async def fetch_content(self, tenant_id: str, content_uri: str) -> FetchedContent:
+        return await self.inner.fetch_content(tenant_id, content_uri)
+
+    async def list_content(self, tenant_id: str, content_type: str, start: datetime,
+                           end: datetime) -> AsyncIterator[list[ContentBlob]]:
+        async def attempt() -> None:
+            # A yield between the throttles lets the other feed's calls interleave with these.
+            await asyncio.sleep(0)
+            if content_type == self.content_type and self.left > 0:
+                self.left -= 1
+                raise ThrottledError("Too many requests. Method=ListContent", code="AF429", status=403)
+
+        await self.policy.call(attempt, f"list {content_type}")
+        async for page in self.inner.list_content(tenant_id, content_type, start, end):
+            yield page
+
+
+def test_concurrent_feeds_each_count_only_their_own_throttles(tmp_path: Path) -> None:
+    async def no_wait(_: float) -> None:
+        return None
+
+    async def run() -> tuple[list[int], int]:
+        clock = FakeClock(NOW)
+        policy = RetryPolicy(max_attempts=50, sleep=no_wait)
+        api = ThrottledListings(FakeApi(clock), policy, "Audit.Exchange", throttles=20)
+        lake = LocalLake(tmp_path / "lake.duckdb")
+        try:
+            async def hand_off(blobs: Sequence[ContentBlob]) -> None:
+                return None
+
+            planner = Planner(api, LocalStateStore(lake), hand_off, clock, PlanningRules())
+            runs = await asyncio.gather(*(planner.run(PlanRequest(T, ct)) for ct in
+                                          ("Audit.Exchange", "Audit.SharePoint", "Audit.General")))
+            return [r.throttled for r in runs], policy.stats.throttled
+        finally:
+            lake.close()
+
+    per_feed, client_total = asyncio.run(run())
+    assert client_total == 20
+    assert per_feed == [20, 0, 0], "each feed's CollectorRun counts the throttles of its own calls only"
