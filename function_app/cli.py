@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from function_app.compose import AdxTarget
 from function_app.config import Settings, SettingsError, is_guid, parse_content_types
 from function_app.core.model import CONTENT_TYPES, BlobStatus
 from function_app.logredact import install_log_redaction
@@ -30,8 +31,15 @@ DEMO_TENANT = "8f3c2a1e-5b4d-4c6e-9a7b-1d2e3f4a5b6c"
 DEMO_FAULTS = "throttle=0.02,5xx=0.01,late=0.05,shuffle,expired=1,cutoff=1"
 
 
+log = logging.getLogger(__name__)
+
+
 class CliError(Exception):
     """A failure to report in one line and exit 1."""
+
+
+class UsageError(Exception):
+    """Arguments that do not go together: reported in one line, exit 2."""
 
 
 def _since(value: str) -> datetime:
@@ -320,19 +328,37 @@ def lake_error_line(exc: Any, command: str) -> str:
     return f"{exc}; {advice}"
 
 
+def _adx_target(args: argparse.Namespace) -> AdxTarget | None:
+    """ADX as the sink when ``--adx-ingest-uri`` and ``--adx-database`` are given (both or neither)."""
+    if not (args.adx_ingest_uri or args.adx_database):
+        return None
+    if not (args.adx_ingest_uri and args.adx_database):
+        raise UsageError("--adx-ingest-uri and --adx-database go together")
+    uri = args.adx_ingest_uri.strip().rstrip("/")
+    if not re.match(r"^https?://[^/\s]+$", uri):
+        raise UsageError(f"--adx-ingest-uri: not a cluster URL (https://ingest-<cluster>.<region>.kusto.windows.net): "
+                         f"{args.adx_ingest_uri!r}")
+    if uri.startswith("http://"):
+        if os.environ.get("ADX_ALLOW_INSECURE_HTTP", "").strip().lower() not in ("1", "true", "yes", "on"):
+            raise UsageError(f"--adx-ingest-uri {uri} is plain http: no authentication, for a local test endpoint "
+                             "only; set ADX_ALLOW_INSECURE_HTTP=true to allow it")
+        log.warning("ADX at %s over plain http: no authentication (ADX_ALLOW_INSECURE_HTTP is set)", uri)
+    return AdxTarget(uri, args.adx_database)
+
+
 def cmd_collect(args: argparse.Namespace) -> int:
     from function_app.lake.duckdb_lake import LakeUnavailableError, LocalLake
     from function_app.localrun import Progress, collect
 
     settings = _settings(args)
-    tenants = args.tenant_id or [t.tenant_id for t in settings.tenants]
-    if not tenants:
+    if not (args.tenant_id or settings.tenants):
         raise CliError("no tenant: pass --tenant-id GUID or set AUDITLAKE_TENANTS")
     try:
-        content_types = parse_content_types(args.content_type, "--content-type") if args.content_type \
-            else CONTENT_TYPES
+        # None keeps each configured tenant's own content types (AUDITLAKE_TENANTS).
+        content_types = parse_content_types(args.content_type, "--content-type") if args.content_type else None
     except SettingsError as exc:
         raise CliError(str(exc)) from exc
+    adx = _adx_target(args)
     try:
         lake = LocalLake(args.lake)
     except LakeUnavailableError as exc:
@@ -340,8 +366,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     started = datetime.now(UTC)
     try:
         with _ProgressView(enabled=sys.stderr.isatty() and not args.quiet) as view:
-            report = asyncio.run(collect(settings, lake, tenants, content_types, since=args.since,
-                                         once=args.once, interval=args.interval,
+            report = asyncio.run(collect(settings, lake, args.tenant_id or (), content_types, adx=adx,
+                                         since=args.since, once=args.once, interval=args.interval,
                                          progress=Progress(view.listed, view.settled)))
         print_summary(lake.connection, started)
     except LakeUnavailableError as exc:
@@ -530,7 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--api-root", help="Management API root, e.g. http://127.0.0.1:8000/api/v1.0")
     p.add_argument("--content-type", action="append", help=f"one of {', '.join(CONTENT_TYPES)} (repeatable)")
     p.add_argument("--since", type=_since, help="where to start without a checkpoint: 7d, 12h or ISO")
-    p.add_argument("--lake", default=DEFAULT_LAKE)
+    p.add_argument("--lake", default=DEFAULT_LAKE,
+                   help="the local lake; with --adx-ingest-uri it keeps only the ledger and checkpoints")
+    p.add_argument("--adx-ingest-uri", help="write the records into ADX instead: its data-management URI "
+                                            "(https://ingest-<cluster>.<region>.kusto.windows.net)")
+    p.add_argument("--adx-database", help="the ADX database (with --adx-ingest-uri)")
     p.add_argument("--once", action="store_true", help="catch up, sweep, and exit")
     p.add_argument("--interval", type=float, default=120.0, help="seconds between passes without --once")
     p.add_argument("--publisher-id", type=_guid, help="PublisherIdentifier (default: the first tenant)")
@@ -598,6 +628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"auditlake: error: {exc}", file=sys.stderr)
         return 1
+    except UsageError as exc:
+        print(f"auditlake: usage: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("auditlake: interrupted", file=sys.stderr)
         return 130

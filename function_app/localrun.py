@@ -8,15 +8,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from function_app.compose import AdxTarget, feeds_of, open_parts, utcnow
 from function_app.config import Settings
 from function_app.core.model import BlobStatus
 from function_app.core.pipeline import CollectReport, Pipeline
 from function_app.core.process import BlobOutcome
-from function_app.core.windows import PlanningRules
 from function_app.lake.duckdb_lake import LocalLake
 from function_app.o365.auth import TokenProvider
-from function_app.state.local import LocalStateStore
-from function_app.wiring import build_rows, management_client, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +27,13 @@ class Progress:
     settled: Callable[[BlobOutcome], None] = lambda o: None
 
 
-def rules_from(settings: Settings) -> PlanningRules:
-    return PlanningRules(overlap=settings.overlap, safety_lag=settings.safety_lag,
-                         sweep_every=settings.sweep_every)
-
-
 async def collect(
     settings: Settings,
     lake: LocalLake,
-    tenant_ids: Sequence[str],
-    content_types: Sequence[str],
+    tenant_ids: Sequence[str] = (),
+    content_types: Sequence[str] | None = None,
     *,
+    adx: AdxTarget | None = None,
     since: datetime | None = None,
     once: bool = True,
     interval: float = 120.0,
@@ -49,22 +43,27 @@ async def collect(
     clock: Callable[[], datetime] = utcnow,
     stop: asyncio.Event | None = None,
 ) -> CollectReport:
-    """Collect into *lake*. With *once*, catch up, sweep and return; otherwise repeat every
-    *interval* seconds until *stop* is set, returning the last pass's report.
+    """Collect into *lake*, or with *adx* into ADX (the lake then holds the ledger and checkpoints,
+    and ADX gets the ledger mirrored). With *once*, catch up, sweep and return; otherwise repeat
+    every *interval* seconds until *stop* is set, returning the last pass's report.
+
+    The tenants are ``feeds_of(settings, tenant_ids, content_types)``: each configured tenant
+    keeps its own cloud and content types unless *content_types* replaces them.
 
     Raises LakeUnavailableError as soon as the lake itself fails (disk full, out of memory, a
     damaged file): the pass stops without fetching further blobs, and every blob not settled is
     left pending in the ledger, so running again after the cause is fixed loses nothing."""
     progress = progress or Progress()
-    state = LocalStateStore(lake)
-    async with management_client(settings, tenant_ids, tokens=tokens, env=env) as client:
+    feeds = feeds_of(settings, tenant_ids, content_types)
+    async with open_parts(settings, feeds=feeds, lake=lake, adx=adx, tokens=tokens, env=env, clock=clock) as parts:
         pipeline = Pipeline(
-            api=client, state=state, sink=lake, build_rows=build_rows, clock=clock,
-            rules=rules_from(settings), concurrency=settings.concurrency,
+            api=parts.api, state=parts.state, sink=parts.sink, build_rows=parts.build_rows, clock=parts.clock,
+            rules=parts.rules, concurrency=settings.concurrency,
             on_listed=progress.listed, on_outcome=progress.settled,
         )
+        pairs = [(t.tenant_id, ct) for t in feeds for ct in t.content_types]
         while True:
-            report = await pipeline.collect_once(tenant_ids, content_types, since=since, sweep=once)
+            report = await pipeline.collect_once(pairs, since=since, sweep=once)
             if report.stopped is not None:
                 log.info("collect stopped blobs_settled=%d blobs_left_pending=%d",
                          len(report.outcomes), report.unsettled)

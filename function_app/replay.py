@@ -17,15 +17,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from function_app.compose import build_rows, feeds_of, open_parts, utcnow
 from function_app.config import AzureSettings, Settings
 from function_app.core.model import BlobStatus, ContentBlob, utc
 from function_app.core.ports import ClaimingStateStore, ContentQueue, DeadLetterStore, Sink
 from function_app.core.process import RowBuilder, process_blob
 from function_app.o365.auth import TokenProvider
 from function_app.records.reader import parse_content
-from function_app.wiring import build_rows, management_client, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,6 @@ async def replay_local(
     ``failed`` with the new error.
     """
     from function_app.lake.duckdb_lake import LocalLake
-    from function_app.state.local import LocalStateStore
 
     path = Path(lake_path)
     if not path.exists():
@@ -126,17 +125,16 @@ async def replay_local(
     summary = ReplaySummary(target=f"lake {path}")
     lake = LocalLake(path)
     try:
-        state = LocalStateStore(lake)
-        blobs = _select(await state.failed(tenant_id), content_ids)
+        blobs = _select(await lake.state_store().failed(tenant_id), content_ids)
         if dry_run or not blobs:
             summary.items = [_item(b, "planned") for b in blobs]
             return summary
-        tenants = sorted({b.tenant_id for b in blobs})
-        async with management_client(settings, tenants, tokens=tokens, env=env) as client:
+        feeds = feeds_of(settings, sorted({b.tenant_id for b in blobs}))
+        async with open_parts(settings, feeds=feeds, lake=lake, tokens=tokens, env=env, clock=clock) as parts:
 
             async def one(blob: ContentBlob) -> ReplayItem:
-                outcome = await process_blob(blob, api=client, sink=lake, state=state, build_rows=build_rows,
-                                             clock=clock)
+                outcome = await process_blob(blob, api=parts.api, sink=parts.sink, state=parts.state,
+                                             build_rows=parts.build_rows, clock=parts.clock)
                 return _item(blob, outcome.status.value, outcome.error)
 
             summary.items = await _bounded(blobs, one)
@@ -262,38 +260,17 @@ async def replay_azure(
     """``replay_failed`` against the app's storage account and ADX, configured as the
     Functions app is (``AzureWebJobsStorage*``, ``CONTENT_QUEUE``, ``STATE_TABLE_PREFIX``,
     ``DEADLETTER_CONTAINER``, ``ADX_*``) from *env* (default: the process environment)."""
-    from function_app.azure.deadletter import BlobDeadLetterStore
-    from function_app.azure.queue import StorageContentQueue
-    from function_app.azure.storage import container_client, queue_client, storage_credential, table_service
-    from function_app.lake.adx import AdxSink
-    from function_app.state.table import TableStateStore
-
     az = AzureSettings.from_env(env if env is not None else os.environ)
-    credential = storage_credential(az.storage)
-    state = TableStateStore(table_service(az.storage, credential), checkpoints_table=az.checkpoints_table,
-                            ledger_table=az.ledger_table, runs_table=az.runs_table)
-    queue = StorageContentQueue(queue_client(az.storage, az.content_queue, credential))
-    deadletter = BlobDeadLetterStore(container_client(az.storage, az.deadletter_container, credential))
-    sinks: list[AdxSink] = []
-
-    def sink() -> Sink:
-        if not sinks:
-            sinks.append(AdxSink.create(az.adx_ingest_uri, az.adx_database, engine_uri=az.adx_engine_uri,
-                                        streaming=az.adx_streaming))
-        return sinks[0]
-
-    try:
-        return await replay_failed(state=state, queue=queue, deadletter=deadletter, sink=sink, clock=clock,
+    # The Functions app's own parts (the one composition root), so a replay into ADX also writes
+    # ADX's ledger mirror exactly as the queue function would: the ledgers agree afterwards.
+    settings = Settings.from_env(env if env is not None else os.environ)
+    async with open_parts(settings, feeds=(), azure=az, env=env, clock=clock) as parts:
+        assert parts.queue is not None and parts.deadletter is not None
+        sink = parts.sink
+        return await replay_failed(state=cast(ClaimingStateStore, parts.state), queue=parts.queue,
+                                   deadletter=parts.deadletter, sink=lambda: sink, clock=clock,
                                    tenant_id=tenant_id, content_ids=content_ids, from_deadletter=from_deadletter,
                                    dry_run=dry_run, lease=az.claim_lease)
-    finally:
-        for s in sinks:
-            await asyncio.to_thread(s.close)
-        await state.close()
-        await queue.close()
-        await deadletter.close()
-        if credential is not None:
-            await credential.close()
 
 
 async def replay(

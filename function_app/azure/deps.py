@@ -12,28 +12,17 @@ import logging
 import os
 import socket
 import weakref
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import cast
 
-import aiohttp
-from azure.core.credentials import TokenCredential
-from azure.identity import ManagedIdentityCredential
-
-from function_app.azure.deadletter import BlobDeadLetterStore
-from function_app.azure.handlers import Runtime, TenantApi
 from function_app.azure.ingest_failures import FailureReports, StatusQueueReports
-from function_app.azure.mirror import AdxMirroredState
-from function_app.azure.queue import StorageContentQueue
-from function_app.azure.storage import container_client, queue_client, storage_credential, table_service
-from function_app.config import AppSettings, app_settings
-from function_app.core.budget import MemoryBudget
+from function_app.compose import open_parts
+from function_app.config import app_settings
+from function_app.core.delivery import Runtime
+from function_app.core.ports import ClaimingStateStore
 from function_app.lake.adx import AdxSink
-from function_app.o365.auth import TokenProvider, token_provider_from_env
-from function_app.o365.client import ManagementApiClient
-from function_app.o365.clouds import Cloud
-from function_app.o365.retry import RetryPolicy
-from function_app.state.table import TableStateStore
-from function_app.wiring import build_rows, utcnow
+from function_app.o365.retry import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +30,7 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class _Built:
     runtime: Runtime
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    stack: AsyncExitStack
     failure_reports: FailureReports | None = None
 
 
@@ -54,79 +43,29 @@ def instance_name() -> str:
     return f"{instance}:{os.getpid()}"
 
 
-def _adx_credential(cfg: AppSettings) -> TokenCredential | None:
-    client_id = cfg.azure.adx_client_id or cfg.azure.storage.client_id
-    if cfg.azure.adx_ingest_uri.startswith("http://"):
-        return None  # a local fake: no token
-    # A user-assigned identity must be named; None lets AdxSink use DefaultAzureCredential.
-    return ManagedIdentityCredential(client_id=client_id) if client_id else None
-
-
-async def build_runtime(cfg: AppSettings) -> tuple[Runtime, list[Callable[[], Awaitable[None]]]]:
-    """Every client the handlers need, and the closers that release them (in order)."""
-    closers: list[Callable[[], Awaitable[None]]] = []
-    core, az = cfg.core, cfg.azure
-    credential = storage_credential(az.storage)
-    state = TableStateStore(table_service(az.storage, credential), checkpoints_table=az.checkpoints_table,
-                            ledger_table=az.ledger_table, runs_table=az.runs_table, clock=utcnow)
-    closers.append(state.close)
-    queue = StorageContentQueue(queue_client(az.storage, az.content_queue, credential))
-    closers.append(queue.close)
-    deadletter = BlobDeadLetterStore(container_client(az.storage, az.deadletter_container, credential), clock=utcnow)
-    closers.append(deadletter.close)
-    if credential is not None:
-        closers.append(credential.close)
-    sink = AdxSink.create(az.adx_ingest_uri, az.adx_database, _adx_credential(cfg),
-                          engine_uri=az.adx_engine_uri, streaming=az.adx_streaming)
-
-    async def close_sink() -> None:
-        await asyncio.to_thread(sink.close)
-
-    closers.append(close_sink)
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max(16, core.concurrency * 2)))
-    closers.append(session.close)
-    publisher = core.publisher_id or core.tenants[0].tenant_id
-    clients: dict[str, ManagementApiClient] = {}
-    # One budget for the whole instance: every message the host runs at once draws from it.
-    memory = MemoryBudget(core.memory_budget_mb * 1024 * 1024)
-    apis: dict[str, TenantApi] = {}
-    for tenant in core.tenants:
-        cloud = Cloud.parse(tenant.cloud)
-        root = (core.api_root or cloud.api_root).rstrip("/")
-        client = clients.get(root)
-        if client is None:
-            tokens: TokenProvider = token_provider_from_env(os.environ, cloud)
-            close_tokens = getattr(tokens, "close", None)
-            if close_tokens is not None:
-                closers.append(close_tokens)
-            client = ManagementApiClient(
-                session, api_root=root, publisher_id=publisher, tokens=tokens,
-                retry=RetryPolicy(max_attempts=core.retry_attempts, base_delay=core.retry_base,
-                                  max_delay=core.retry_max),
-                timeout=core.http_timeout, max_blob_bytes=core.max_blob_bytes,
-                # The exact bytes, for the dead letter of a blob whose write fails after the fetch.
-                keep_body=True, memory=memory,
-            )
-            clients[root] = client
-        apis[tenant.tenant_id] = TenantApi(client, client.api_root)
-    # Settled ledger rows and runs are also ingested into ADX, so they are countable with KQL.
-    mirrored = AdxMirroredState(state, sink)
-    runtime = Runtime(settings=core, azure=az, state=mirrored, queue=queue, deadletter=deadletter, sink=sink,
-                      apis=apis, build_rows=build_rows, clock=utcnow, instance=instance_name())
-    log.info("runtime built instance=%s tenants=%d queue=%s adx_database=%s streaming=%s", runtime.instance,
-             len(apis), az.content_queue, az.adx_database, az.adx_streaming)
-    return runtime, closers
-
-
 async def _build() -> _Built:
-    runtime, closers = await build_runtime(app_settings())
-    reports: StatusQueueReports | None = None
-    if isinstance(runtime.sink, AdxSink):
-        # The status queues of the sink's own data-management service (SAS URLs it hands out).
-        reports = StatusQueueReports(runtime.sink.failure_queue_urls)
-        # Before the sink's closer: the report clients are plain Storage clients.
-        closers.insert(0, reports.close)
-    return _Built(runtime, closers, reports)
+    cfg = app_settings()
+    stack = AsyncExitStack()
+    try:
+        # The parts come from the one composition root, as they do for collect, replay and demo.
+        parts = await stack.enter_async_context(open_parts(cfg.core, azure=cfg.azure))
+        assert parts.queue is not None and parts.deadletter is not None
+        runtime = Runtime(settings=cfg.core, azure=cfg.azure, state=cast(ClaimingStateStore, parts.state),
+                          queue=parts.queue, deadletter=parts.deadletter, sink=parts.sink, api=parts.api,
+                          build_rows=parts.build_rows, clock=parts.clock, instance=instance_name(),
+                          rules=parts.rules, transient=is_transient)
+        reports: StatusQueueReports | None = None
+        if isinstance(runtime.sink, AdxSink):
+            # The status queues of the sink's own data-management service (SAS URLs it hands out);
+            # closed before the sink (the stack unwinds last in, first out).
+            reports = StatusQueueReports(runtime.sink.failure_queue_urls)
+            stack.push_async_callback(reports.close)
+    except BaseException:
+        await stack.aclose()
+        raise
+    log.info("runtime built instance=%s tenants=%d queue=%s adx_database=%s streaming=%s", runtime.instance,
+             len(parts.feeds), cfg.azure.content_queue, cfg.azure.adx_database, cfg.azure.adx_streaming)
+    return _Built(runtime, stack, reports)
 
 
 async def _built_for_loop() -> _Built:
@@ -170,8 +109,7 @@ async def close_runtime() -> None:
     if task is None:
         return
     built = await task
-    for close in built.closers:
-        try:
-            await close()
-        except Exception:
-            log.exception("closing a client failed")
+    try:
+        await built.stack.aclose()
+    except Exception:
+        log.exception("closing a client failed")

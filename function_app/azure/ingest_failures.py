@@ -42,8 +42,8 @@ from typing import Any, Protocol
 import orjson
 from azure.storage.queue.aio import QueueClient
 
-from function_app.azure.handlers import Runtime
 from function_app.azure.mirror import ledger_row
+from function_app.core.delivery import Runtime
 from function_app.core.model import BlobStatus, ContentBlob, utc
 from function_app.lake.adx import BlobKey, blob_key, source_id
 from function_app.lake.schema import COLLECTOR_RUN, CONTENT_LEDGER, TABLES_BY_NAME

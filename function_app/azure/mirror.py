@@ -1,21 +1,24 @@
 """Ledger and run history mirrored into ADX, so "every blob ends ingested, failed or
 expired" is countable with KQL next to the records, not only in Table Storage.
 
-Table Storage stays the source of truth for the collector (claims, ETags); ADX receives one
-``ContentLedger`` row each time a blob settles and one ``CollectorRun`` row per planning pass.
-A blob that settles twice (failed, then replayed) has two ledger rows in ADX: the current
-status is the latest, ``arg_max(coalesce(IngestedAt, FetchedAt, ListedAt), *)`` per blob.
-A mirror write that fails is logged and does not fail the blob: the rows are already safe.
+The state store (Table Storage in Azure, the local file for ``collect --adx-ingest-uri``) stays
+the source of truth for the collector (claims, ETags); ADX receives a ``ContentLedger`` row each
+time a blob's status changes (listed, queued again, ingested, failed, expired: so LedgerHealth
+sees stuck and near-expiry blobs in ADX too) and one ``CollectorRun`` row per planning pass.
+The rows are what the store says it wrote, never read back. A blob has several ledger rows in
+ADX: its current status is the latest, ``arg_max(coalesce(IngestedAt, FetchedAt, ListedAt), *)``
+per blob. A mirror write that fails is logged and does not fail the blob: the rows are safe.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import uuid
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from function_app.core.model import TERMINAL_STATUSES, BlobStatus, Checkpoint, ContentBlob, RunStats
+from function_app.core.model import BlobStatus, Checkpoint, ContentBlob, RunStats
 from function_app.core.ports import ClaimingStateStore, Sink
 from function_app.lake.schema import COLLECTOR_RUN, CONTENT_LEDGER
 
@@ -43,7 +46,7 @@ def run_row(run: RunStats) -> dict[str, Any]:
 
 
 class AdxMirroredState:
-    """A ClaimingStateStore that also ingests settled ledger rows and runs into *sink*."""
+    """A state store that also ingests every ledger change and every run into *sink*."""
 
     def __init__(self, inner: ClaimingStateStore, sink: Sink) -> None:
         self._inner = inner
@@ -58,15 +61,17 @@ class AdxMirroredState:
         records: int | None = None,
         size: int | None = None,
         error: str | None = None,
-    ) -> None:
-        await self._inner.mark(blob, status, at=at, records=records, size=size, error=error)
-        if status in TERMINAL_STATUSES:
-            try:
-                row = ledger_row(blob, await self._inner.ledger_row(blob))
-                await self._sink.write_blob(blob, {CONTENT_LEDGER.name: [row]})
-            except Exception as exc:  # the Table row is written; ADX only lacks a copy
-                log.error("ledger mirror failed tenant_id=%s content_type=%s content_id=%s error=%s",
-                          blob.tenant_id, blob.content_type, blob.content_id, exc)
+    ) -> Mapping[str, Any] | None:
+        written = await self._inner.mark(blob, status, at=at, records=records, size=size, error=error)
+        try:
+            row = ledger_row(blob, dict(written) if written is not None else {
+                "Status": status.value, "Error": error, "Records": records, "Bytes": size, "FetchedAt": at,
+                "IngestedAt": at if status is BlobStatus.INGESTED else None})
+            await self._sink.write_blob(blob, {CONTENT_LEDGER.name: [row]})
+        except Exception as exc:  # the store's row is written; ADX only lacks a copy
+            log.error("ledger mirror failed tenant_id=%s content_type=%s content_id=%s error=%s",
+                      blob.tenant_id, blob.content_type, blob.content_id, exc)
+        return written
 
     async def record_run(self, run: RunStats) -> None:
         await self._inner.record_run(run)
@@ -88,7 +93,20 @@ class AdxMirroredState:
         return await self._inner.save_checkpoint(checkpoint)
 
     async def register_listed(self, blobs: Sequence[ContentBlob], listed_at: datetime) -> list[ContentBlob]:
-        return await self._inner.register_listed(blobs, listed_at)
+        new: list[ContentBlob] = await self._inner.register_listed(blobs, listed_at)
+        if new:
+            first = new[0]
+            # One ingestion for the window's new blobs; named like a run, as a pseudo-blob of its own.
+            pseudo = ContentBlob(first.tenant_id, first.content_type, f"listed:{uuid.uuid4().hex}", "",
+                                 listed_at, listed_at)
+            rows = [ledger_row(b, {"Status": BlobStatus.LISTED.value, "ListedAt": listed_at, "Attempts": 0})
+                    for b in new]
+            try:
+                await self._sink.write_blob(pseudo, {CONTENT_LEDGER.name: rows})
+            except Exception as exc:
+                log.error("ledger mirror of listed blobs failed tenant_id=%s content_type=%s blobs=%d error=%s",
+                          first.tenant_id, first.content_type, len(new), exc)
+        return new
 
     async def mark_queued(self, blobs: Sequence[ContentBlob]) -> None:
         await self._inner.mark_queued(blobs)
@@ -96,7 +114,9 @@ class AdxMirroredState:
     async def pending(self, tenant_id: str, content_type: str) -> list[ContentBlob]:
         return await self._inner.pending(tenant_id, content_type)
 
-    async def claim(self, blob: ContentBlob, owner: str, lease: timedelta, now: datetime) -> bool:
+    async def claim(
+        self, blob: ContentBlob, owner: str, lease: timedelta, now: datetime
+    ) -> Mapping[str, Any] | None:
         return await self._inner.claim(blob, owner, lease, now)
 
     async def release(self, blob: ContentBlob, owner: str) -> None:

@@ -78,3 +78,13 @@ class UntrustedMessageError(Exception):
 class StoreUnavailableError(Exception):
     """The sink or the state store itself can take no more work (its disk is full, its file is
     broken): raised by the adapter for every operation from then on, it stops the pass."""
+
+
+class CheckpointConflictError(Exception):
+    """Another writer created or moved the checkpoint since it was read (another instance owns
+    this pass; what this one enqueued is de-duplicated by the ledger)."""
+
+    def __init__(self, tenant_id: str, content_type: str) -> None:
+        super().__init__(f"checkpoint of tenant {tenant_id} content type {content_type} was moved by another writer")
+        self.tenant_id = tenant_id
+        self.content_type = content_type

@@ -67,7 +67,9 @@ def check_content_uri(content_uri: str, api_root: str, tenant_id: str) -> None:
     if not uri.path.lower().startswith(prefix.lower()):
         raise UntrustedMessageError(f"contentUri path is not under {prefix}")
     content_id = uri.path[len(prefix):]
-    if not content_id or "/" in content_id or not content_id.strip(".") or "%2f" in content_id.lower():
+    # Decoded before the checks: %2E%2E is a dot segment once a server normalises the path.
+    decoded = unquote(content_id)
+    if not content_id or "/" in decoded or not decoded.strip(".") or "\\" in decoded:
         raise UntrustedMessageError("contentUri does not end in a single content id")
 
 

@@ -33,6 +33,8 @@ class BlobStatus(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({BlobStatus.INGESTED, BlobStatus.FAILED, BlobStatus.EXPIRED})
+"""The one definition of a settled blob. BlobStatus is a StrEnum, so the text a store holds
+("failed") tests against this set as it is."""
 
 
 def utc(dt: datetime) -> datetime:

@@ -82,14 +82,13 @@ class Pipeline:
 
     async def collect_once(
         self,
-        tenants: Sequence[str],
-        content_types: Sequence[str],
+        feeds: Sequence[tuple[str, str]],
         *,
         since: datetime | None = None,
         sweep: bool = True,
     ) -> CollectReport:
-        """Re-drive blobs a previous run left ``listed``, catch up every tenant and content
-        type from its checkpoint, sweep, and return when every handed-on blob is settled.
+        """Re-drive blobs a previous run left ``listed``, catch up every feed (tenant id, content
+        type) from its checkpoint, sweep, and return when every handed-on blob is settled.
 
         If a store fails (StoreUnavailableError) the pass stops promptly instead: planners and
         workers are cancelled, and the report's ``stopped`` holds the error."""
@@ -124,22 +123,21 @@ class Pipeline:
 
         async def catch_up() -> None:
             try:
-                for tenant in tenants:
-                    for ctype in content_types:
-                        left_behind = await self._state.pending(tenant, ctype)
-                        if left_behind:
-                            log.info("re-driving %d blobs left listed tenant_id=%s content_type=%s",
-                                     len(left_behind), tenant, ctype)
-                            await hand_off(left_behind)
-                            # Mark them handed on before the planners re-list their windows, or the
-                            # ledger still says `listed` and the same blobs are handed on twice.
-                            await self._state.mark_queued(left_behind)
+                for tenant, ctype in feeds:
+                    left_behind = await self._state.pending(tenant, ctype)
+                    if left_behind:
+                        log.info("re-driving %d blobs left listed tenant_id=%s content_type=%s",
+                                 len(left_behind), tenant, ctype)
+                        await hand_off(left_behind)
+                        # Mark them handed on before the planners re-list their windows, or the
+                        # ledger still says `listed` and the same blobs are handed on twice.
+                        await self._state.mark_queued(left_behind)
             except StoreUnavailableError as exc:
                 halt(exc)
                 return
-            # Content types list concurrently: each is its own feed with its own checkpoint.
+            # Feeds list concurrently: each has its own checkpoint.
             planners.extend(asyncio.create_task(plan(PlanRequest(tenant, ctype, since=since, force_sweep=sweep)))
-                            for tenant in tenants for ctype in content_types)
+                            for tenant, ctype in feeds)
             runs = await asyncio.gather(*planners)
             report.runs.extend(r for r in runs if r is not None)
             await queue.join()

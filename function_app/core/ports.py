@@ -65,8 +65,9 @@ class StateStore(Protocol):
         records: int | None = None,
         size: int | None = None,
         error: str | None = None,
-    ) -> None:
-        """Move the ledger row of *blob* to *status*, counting the attempt."""
+    ) -> Mapping[str, Any] | None:
+        """Move the ledger row of *blob* to *status*, counting the attempt; returns the row as
+        written (ledger columns by name), or None when the store holds no row for the blob."""
         ...
 
     async def record_run(self, run: RunStats) -> None: ...
@@ -83,8 +84,11 @@ class Sink(Protocol):
 class ClaimingStateStore(StateStore, Protocol):
     """A state store shared by many instances (Azure Table Storage): adds claims and reads."""
 
-    async def claim(self, blob: ContentBlob, owner: str, lease: timedelta, now: datetime) -> bool:
-        """True if *owner* now holds the right to process *blob* until ``now + lease``."""
+    async def claim(
+        self, blob: ContentBlob, owner: str, lease: timedelta, now: datetime
+    ) -> Mapping[str, Any] | None:
+        """The blob's ledger row as written, if *owner* now holds the right to process *blob* until
+        ``now + lease``; None if it does not (settled, or claimed elsewhere)."""
         ...
 
     async def release(self, blob: ContentBlob, owner: str) -> None:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 import orjson
@@ -51,6 +51,9 @@ from function_app.core.errors import StoreUnavailableError
 from function_app.core.model import ContentBlob, WriteResult
 from function_app.lake.cells import repaired_row
 from function_app.lake.schema import TABLES, TABLES_BY_NAME, Kind, Table, duckdb_ddl, duckdb_insert
+
+if TYPE_CHECKING:
+    from function_app.state.local import LocalStateStore
 
 T = TypeVar("T")
 
@@ -607,6 +610,12 @@ class LocalLake:
         failure = self._lake_failure(exc)
         if failure is not None:
             raise failure from exc
+
+    def state_store(self) -> LocalStateStore:
+        """The ledger, checkpoints and runs kept in this lake."""
+        from function_app.state.local import LocalStateStore
+
+        return LocalStateStore(self)
 
     # -- Sink ---------------------------------------------------------------------------
 

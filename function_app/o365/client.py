@@ -46,15 +46,6 @@ class Subscription:
 
 
 @dataclass(frozen=True, slots=True)
-class Notification:
-    """One entry of ``/subscriptions/notifications``: a listed blob and how its webhook call went."""
-
-    blob: ContentBlob
-    notification_sent: datetime | None
-    notification_status: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class _Answer:
     status: int
     headers: Mapping[str, str]
@@ -178,24 +169,6 @@ class ManagementApiClient:
         """
         async for page in self._pages(tenant_id, content_type, start, end, "content"):
             yield [_blob_of(item, tenant_id, content_type) for item in page]
-
-    async def list_notifications(
-        self, tenant_id: str, content_type: str, start: datetime, end: datetime
-    ) -> AsyncIterator[list[Notification]]:
-        """Yield the webhook notifications sent in the window, one list per page (paged like content)."""
-        async for page in self._pages(tenant_id, content_type, start, end, "notifications"):
-            notifications = []
-            for item in page:
-                sent = item.get("notificationSent")
-                status = item.get("notificationStatus")
-                notifications.append(
-                    Notification(
-                        _blob_of(item, tenant_id, content_type),
-                        _parse_time(sent, "notificationSent") if isinstance(sent, str) and sent else None,
-                        status if isinstance(status, str) else None,
-                    )
-                )
-            yield notifications
 
     async def _pages(
         self, tenant_id: str, content_type: str, start: datetime, end: datetime, operation: str

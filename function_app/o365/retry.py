@@ -39,19 +39,6 @@ class RetryStats:
     throttled: int = 0
     gave_up: int = 0
 
-    def snapshot(self) -> RetryStats:
-        """A copy of the counts now, to subtract later with ``since``."""
-        return RetryStats(self.attempts_failed, self.retries, self.throttled, self.gave_up)
-
-    def since(self, earlier: RetryStats) -> RetryStats:
-        """The counts accumulated after *earlier* was taken."""
-        return RetryStats(
-            self.attempts_failed - earlier.attempts_failed,
-            self.retries - earlier.retries,
-            self.throttled - earlier.throttled,
-            self.gave_up - earlier.gave_up,
-        )
-
 
 def is_transient(exc: BaseException) -> bool:
     """True for failures worth another attempt: RetryableError (throttling included), transport

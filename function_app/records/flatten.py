@@ -74,8 +74,9 @@ record:recovered:<reason>         the strict parser refused the record and a len
                                   lone surrogates and bad bytes are U+FFFD, NaN/Infinity and
                                   numbers past a double's range are their delivered text
 record:unreadable:<reason>        no parser read the element (reason: unreadable, cut-off,
-                                  after-array); AuditData is its raw text, and Id, RecordType,
-                                  Operation, CreationTime are taken from that text when present
+                                  after-array); AuditData is its raw text, RecordType,
+                                  Operation, CreationTime are taken from that text when present,
+                                  and Id is the ``x-<sha1>`` of the text, never the record's own
 record:raw-cut-to:<n>             the raw text of an unreadable element was longer than n
                                   characters; AuditData holds its first n
 <Column>:unserialisable:<reason>  set by a sink: the value could not be written as it is
@@ -175,11 +176,11 @@ def _flatten_recovered(record: RecoveredRecord, ctx: BlobContext) -> dict[str, A
     if record.raw_chars > len(record.raw):
         flags.append(f"record:raw-cut-to:{len(record.raw)}")
     row = _bare_row(record.raw, ctx, flags)
-    # The element did not parse, but its key fields usually still stand in its text; with them
-    # the row can be found by Id and a later clean delivery of the record de-duplicates against it.
+    # The element did not parse, but its fields usually still stand in its text: they make the row
+    # findable by operation, type and time. Not by Id: the row keeps the surrogate Id of its raw
+    # text, so it never holds a record's own key, and a later whole delivery of that record (a
+    # replay, a re-delivery) is stored beside it instead of being dropped as its duplicate.
     fields = _fields_in_text(record.raw)
-    if "Id" in fields:
-        row["Id"] = fields["Id"]
     if "Operation" in fields:
         row["Operation"] = fields["Operation"]
     if "RecordType" in fields:

@@ -36,10 +36,11 @@ _MARK_SCHEMA = pa.schema([
 ])
 
 
-def _apply_marks(con: duckdb.DuckDBPyConnection, marks: list[dict[str, Any]]) -> list[None]:
+def _apply_marks(con: duckdb.DuckDBPyConnection, marks: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
     """Settle the ledger rows of *marks* (ledger values by column name) in one UPDATE: one
     statement per blob cost milliseconds each and bounded the pipeline. A blob marked twice in
-    one group keeps its last mark and counts both attempts."""
+    one group keeps its last mark and counts both attempts. Returns, per mark, the row as
+    written (None for a blob the ledger does not hold)."""
     last: dict[tuple[str, str, str], dict[str, Any]] = {}
     for m in marks:
         key = (m["TenantId"], m["ContentType"], m["ContentId"])
@@ -54,10 +55,19 @@ def _apply_marks(con: duckdb.DuckDBPyConnection, marks: list[dict[str, Any]]) ->
         '"Bytes" = coalesce(m."Bytes", l."Bytes"), "FetchedAt" = coalesce(m."FetchedAt", l."FetchedAt"), '
         '"IngestedAt" = coalesce(m."IngestedAt", l."IngestedAt") FROM _marks AS m '
         'WHERE l."TenantId" = m."TenantId" AND l."ContentType" = m."ContentType" '
-        'AND l."ContentId" = m."ContentId"'
+        'AND l."ContentId" = m."ContentId" RETURNING *'
     )
+    written = _rows_by_key(con)
     con.unregister("_marks")
-    return [None] * len(marks)
+    return [written.get((m["TenantId"], m["ContentType"], m["ContentId"])) for m in marks]
+
+
+def _rows_by_key(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """The rows the last statement returned, by blob."""
+    assert con.description is not None
+    names = [d[0] for d in con.description]
+    rows = (dict(zip(names, r, strict=True)) for r in con.fetchall())
+    return {(r["TenantId"], r["ContentType"], r["ContentId"]): r for r in rows}
 
 
 class LocalStateStore:
@@ -168,13 +178,15 @@ class LocalStateStore:
         records: int | None = None,
         size: int | None = None,
         error: str | None = None,
-    ) -> None:
+    ) -> dict[str, Any] | None:
+        """Move the ledger row of *blob* to *status*, counting the attempt; returns the row as written."""
         ingested_at = naive_utc(at) if status is BlobStatus.INGESTED else None
         # FetchedAt is the time of the last attempt, whatever its outcome.
         mark = {"TenantId": blob.tenant_id, "ContentType": blob.content_type, "ContentId": blob.content_id,
                 "Status": status.value, "Error": error, "Records": records, "Bytes": size,
                 "FetchedAt": naive_utc(at), "IngestedAt": ingested_at}
-        await self._lake.run_batched(_apply_marks, mark)
+        written: dict[str, Any] | None = await self._lake.run_batched(_apply_marks, mark)
+        return written
 
     async def record_run(self, run: RunStats) -> None:
         def q(con: duckdb.DuckDBPyConnection) -> None:

@@ -25,11 +25,11 @@ from typing import Any, TypeVar
 
 import orjson
 from azure.core import MatchConditions
-from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty, TableEntity, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
+from function_app.core.errors import CheckpointConflictError
 from function_app.core.model import TERMINAL_STATUSES, BlobStatus, Checkpoint, ContentBlob, RunStats, utc
 
 log = logging.getLogger(__name__)
@@ -54,15 +54,6 @@ _MAX_STRING = 30_000
 _PARALLEL = 16
 # Bounded retries of an ETag-guarded read-modify-write before giving up.
 _MAX_RETRIES = 8
-
-
-class CheckpointConflictError(Exception):
-    """Another writer created or moved the checkpoint since it was read."""
-
-    def __init__(self, tenant_id: str, content_type: str) -> None:
-        super().__init__(f"checkpoint of tenant {tenant_id} content type {content_type} was moved by another writer")
-        self.tenant_id = tenant_id
-        self.content_type = content_type
 
 
 class StateConflictError(Exception):
@@ -184,11 +175,6 @@ class TableStateStore:
     def from_connection_string(cls, connection_string: str, **kwargs: Any) -> TableStateStore:
         """A store on the account of *connection_string* (Azurite locally)."""
         return cls(TableServiceClient.from_connection_string(connection_string), **kwargs)
-
-    @classmethod
-    def from_endpoint(cls, endpoint: str, credential: AsyncTokenCredential, **kwargs: Any) -> TableStateStore:
-        """A store on ``https://<account>.table.core.windows.net`` with an identity (no keys)."""
-        return cls(TableServiceClient(endpoint, credential=credential), **kwargs)
 
     async def close(self) -> None:
         """Close the HTTP session; the store cannot be used afterwards."""
@@ -441,8 +427,9 @@ class TableStateStore:
         records: int | None = None,
         size: int | None = None,
         error: str | None = None,
-    ) -> None:
-        """Move the row to *status*, counting the attempt; settling releases any claim.
+    ) -> dict[str, Any] | None:
+        """Move the row to *status*, counting the attempt; settling releases any claim; returns
+        the row's properties as written (ints unwrapped), so nobody needs to read it back.
 
         Error is replaced (cleared when None); Records, Bytes keep their value when None;
         FetchedAt is *at* (the last attempt), IngestedAt is *at* only for ``ingested``.
@@ -467,27 +454,32 @@ class TableStateStore:
                 props["ClaimUntil"] = None
             return True
 
-        await self._modify(blob, change, create=lambda: self._ledger_entity(blob, status, at))
+        written, _ = await self._modify(blob, change, create=lambda: self._ledger_entity(blob, status, at))
         table = await self._ledger()
         if status in TERMINAL_STATUSES:
             await self._close_marker(table, blob)
         else:
             await self._open_marker(table, blob)
+        if written is None:
+            return None
+        return {k: (_int(v) if isinstance(v, EntityProperty) else v) for k, v in written.items()}
 
-    async def claim(self, blob: ContentBlob, owner: str, lease: timedelta, now: datetime) -> bool:
-        """Take the right to process *blob* until ``now + lease``; True if *owner* holds it.
+    async def claim(
+        self, blob: ContentBlob, owner: str, lease: timedelta, now: datetime
+    ) -> dict[str, Any] | None:
+        """Take the right to process *blob* until ``now + lease``; the ledger row as written if
+        *owner* holds it (what the listing recorded, so nobody reads it back), else None.
 
         Exactly one of any number of concurrent claimers wins (ETag-guarded). A live claim
         of another owner refuses; an expired one is taken over; the same owner renews.
         A settled blob (ingested, failed, expired) cannot be claimed. A blob missing from
         the ledger (a message for a blob never registered) is recorded as ``queued`` and
-        claimed. A row that keeps changing underneath counts as lost (False).
+        claimed. A row that keeps changing underneath counts as lost (None).
         """
         now = utc(now)
-        terminal = {s.value for s in TERMINAL_STATUSES}
 
         def change(props: dict[str, Any]) -> bool:
-            if props.get("Status") in terminal:
+            if props.get("Status") in TERMINAL_STATUSES:
                 return False
             holder, until = props.get("ClaimOwner"), _dt(props.get("ClaimUntil"))
             if holder and holder != owner and until is not None and until > now:
@@ -503,10 +495,11 @@ class TableStateStore:
             written, created = None, False
         if created:
             await self._open_marker(await self._ledger(), blob)
-        won = written is not None
         log.info("claim tenant_id=%s content_type=%s content_id=%s owner=%s won=%s",
-                 blob.tenant_id, blob.content_type, blob.content_id, owner, won)
-        return won
+                 blob.tenant_id, blob.content_type, blob.content_id, owner, written is not None)
+        if written is None:
+            return None
+        return {k: (_int(v) if isinstance(v, EntityProperty) else v) for k, v in written.items()}
 
     async def release(self, blob: ContentBlob, owner: str) -> None:
         """Drop *owner*'s claim, if it still holds one (after a failure that leaves the blob

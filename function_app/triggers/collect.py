@@ -7,7 +7,7 @@ import logging
 import azure.functions as func
 
 from function_app.azure.deps import runtime
-from function_app.azure.handlers import collect_feeds
+from function_app.core.delivery import collect_feeds
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import azure.functions as func
 
 from function_app.azure.deps import runtime
-from function_app.azure.handlers import handle_message, handle_poison
 from function_app.config import STORAGE_SETTING
+from function_app.core.delivery import handle_message, handle_poison
 
 # Blueprint inherits an unannotated __init__ from azure-functions.
 bp = func.Blueprint()  # type: ignore[no-untyped-call]

@@ -10,7 +10,13 @@ import orjson
 import pytest
 
 from function_app.core.errors import UntrustedMessageError
-from function_app.core.messages import MAX_MESSAGE_CHARS, decode_message, encode_message, message_identity
+from function_app.core.messages import (
+    MAX_MESSAGE_CHARS,
+    check_content_uri,
+    decode_message,
+    encode_message,
+    message_identity,
+)
 from function_app.core.model import ContentBlob
 
 TENANT = "0b7f3c2e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"
@@ -67,6 +73,9 @@ def test_round_trip() -> None:
     (good(contentId=DROP), "contentId", "missing"),
     (good(contentId="../../subscriptions/start"), "contentId", "characters a content id never has"),
     (good(contentId="a" * 300), "contentId", "longer than 256"),
+    (good(contentId=".", contentUri=URI.replace(CID, ".")), "contentId", "characters a content id never has"),
+    (good(contentId="...", contentUri=URI.replace(CID, "...")), "contentId", "characters a content id never has"),
+    (good(contentId="..", contentUri=URI.replace(CID, "%2E%2E")), "contentId", "characters a content id never has"),
     (good(contentUri=DROP), "contentUri", "missing"),
     (good(contentUri=["x"]), "contentUri", "expected a string"),
     (good(contentUri="ftp://manage.office.com/x/" + CID), "contentUri", "absolute http(s) URL"),
@@ -105,3 +114,42 @@ def test_message_identity_names_the_blob_of_a_rejected_message_only_when_it_can(
     assert message_identity(orjson.dumps(good(contentExpiration="soon"))) == (TENANT, "Audit.Exchange", CID)
     assert message_identity(orjson.dumps(good(contentId="../x"))) is None
     assert message_identity(b"{not json") is None
+
+
+ROOT = "https://manage.office.com/api/v1.0"
+
+
+def test_check_content_uri_accepts_the_tenants_own_content_uri() -> None:
+    check_content_uri(URI, ROOT, TENANT)
+    check_content_uri(URI.replace("/api/v1.0/", "/API/V1.0/"), ROOT, TENANT)  # compared case-insensitively
+
+
+@pytest.mark.parametrize("uri", [
+    f"{URI}?PublisherIdentifier=attacker",
+    f"{URI}?contentType=Audit.General",
+    f"{URI}?",
+    f"{URI}#fragment",
+    f"{URI}#",
+    f"{URI}?a=1#b",
+])
+def test_check_content_uri_refuses_a_query_string_or_a_fragment(uri: str) -> None:
+    # The API's content URIs carry neither; the client adds PublisherIdentifier itself, and a
+    # message must not choose parameters the token is sent with.
+    with pytest.raises(UntrustedMessageError, match="query string or fragment"):
+        check_content_uri(uri, ROOT, TENANT)
+
+
+@pytest.mark.parametrize("segment", [".", "..", "...", ""])
+def test_check_content_uri_refuses_a_content_id_made_only_of_dots(segment: str) -> None:
+    with pytest.raises(UntrustedMessageError, match="does not end in a single content id"):
+        check_content_uri(URI.replace(CID, segment), ROOT, TENANT)
+
+
+@pytest.mark.parametrize("segment", ["%2E%2E", "%2e", ".%2E"])
+def test_check_content_uri_refuses_a_content_id_of_percent_encoded_dots(segment: str) -> None:
+    with pytest.raises(UntrustedMessageError):
+        check_content_uri(URI.replace(CID, segment), ROOT, TENANT)
+
+
+def test_a_message_naming_a_dot_only_content_id_names_no_blob() -> None:
+    assert message_identity(orjson.dumps(good(contentId="...", contentUri=URI.replace(CID, "...")))) is None

@@ -16,6 +16,11 @@ own and not the sum of everything before it:
   (the ledger's ``IngestedAt``). Bar: p95 within 45 s.
 * blob50mb — one 50 MB blob parsed, flattened and written to a lake in one process: the memory
   one blob in flight costs, which bounds the collector's memory with its concurrency.
+* blob200mb — one 200 MB body through the Azure path's code (client over HTTP, record tables, ADX
+  sink down to the compressed upload stream): its peak RSS over the RSS before the fetch, as a
+  multiple of the body size. Bar: at most ``core.budget.BLOB_MEMORY_FACTOR``, the factor the
+  memory budget reserves per blob, so the budget (``AUDITLAKE_MEMORY_BUDGET_MB``) really bounds
+  the instance's memory.
 
 Results are printed and written to bench/RESULTS.md with the command and the machine.
 """
@@ -27,6 +32,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -51,6 +57,7 @@ FRESH_TENANTS = 8
 FRESH_SECONDS = 360
 POLL_SECONDS = 30
 BIG_BLOB_BYTES = 50 * 1024 * 1024
+AZURE_BLOB_BYTES = 200 * 1024 * 1024
 
 BARS = {"flatten_ratio": 0.25, "e2e_records_per_s": 20_000, "freshness_p95_s": 45.0}
 
@@ -118,9 +125,9 @@ def part_blob50mb(size: int) -> dict[str, Any]:
 
     import orjson
 
+    from function_app.compose import build_rows
     from function_app.core.model import ContentBlob
     from function_app.lake.duckdb_lake import LocalLake
-    from function_app.wiring import build_rows
 
     baseline = _rss_now_kb()
     pieces: list[bytes] = []
@@ -145,6 +152,113 @@ def part_blob50mb(size: int) -> dict[str, Any]:
         lake.close()
     return {"blob_mb": round(len(body) / 1e6, 1), "records": records, "inserted": result.inserted,
             "seconds": round(elapsed, 1), "baseline_rss_mb": round(baseline / 1024)}
+
+
+def part_blob_azure(size: int) -> dict[str, Any]:
+    """One *size* body through the Azure path's own code: the Management API client (over real HTTP
+    from an in-process server, with keep_body and the memory budget as the app builds them), the
+    record tables, and the ADX sink down to the compressed stream the SDK uploads (the upload itself
+    is a leaf stub: no ADX here). The peak over the RSS before the fetch, divided by the body size,
+    is the factor ``core.budget.BLOB_MEMORY_FACTOR`` must not be below."""
+    import asyncio
+    import resource
+
+    import aiohttp
+    import orjson
+
+    from function_app.compose import build_rows
+    from function_app.core.budget import BLOB_MEMORY_FACTOR, MemoryBudget
+    from function_app.core.model import ContentBlob
+    from function_app.lake.adx import AdxSink
+    from function_app.o365.auth import StaticTokenProvider
+    from function_app.o365.client import ManagementApiClient
+    from function_app.o365.retry import RetryPolicy
+
+    tenant = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "body.json"
+        records = 0
+        with path.open("wb") as out:
+            out.write(b"[")
+            written = 2
+            for record in _fresh_records(10**9):
+                piece = orjson.dumps(record)
+                if written + len(piece) + 1 > size:
+                    break
+                out.write((b"," if records else b"") + piece)
+                written += len(piece) + 1
+                records += 1
+            out.write(b"]")
+        served = path.read_bytes()
+
+    class CountingIngestClient:
+        """Reads what the SDK would upload, in the SDK's chunk size."""
+
+        uploaded = 0
+
+        def ingest_from_stream(self, descriptor: Any, properties: Any) -> None:
+            while chunk := descriptor.stream.read(4 * 1024 * 1024):
+                self.uploaded += len(chunk)
+
+    async def run(root: str) -> tuple[int, int, float, int]:
+        budget = MemoryBudget(BLOB_MEMORY_FACTOR * size * 2)
+        sink = AdxSink(CountingIngestClient(), "bench")
+        blob = ContentBlob(tenant, "Audit.General", "big", f"{root}/{tenant}/activity/feed/audit/big",
+                           datetime.now(UTC), datetime.now(UTC))
+        async with aiohttp.ClientSession() as session:
+            client = ManagementApiClient(session, api_root=root, publisher_id=tenant,
+                                         tokens=StaticTokenProvider("bench"), retry=RetryPolicy(),
+                                         timeout=600, max_blob_bytes=size * 2, keep_body=True, memory=budget)
+            before = _rss_now_kb()
+            peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            started = time.perf_counter()
+            fetched = await client.fetch_content(tenant, blob.content_uri)
+            tables = build_rows(fetched.records, blob, datetime.now(UTC))
+            result = await sink.write_blob(blob, tables)
+            elapsed = time.perf_counter() - started
+            held = fetched.reservation.amount
+            fetched.reservation.release()
+            assert result.inserted >= records and budget.in_use == 0
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            assert peak > peak_before, "the blob did not raise the peak: measure a larger one"
+            return before, peak, elapsed, held
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # The body is served by a process of its own, as the API would be: an in-process server
+        # would buffer its own copy of the answer and be counted as the collector's.
+        feed = Path(tmp) / "api" / "v1.0" / tenant / "activity" / "feed" / "audit"
+        feed.mkdir(parents=True)
+        (feed / "big").write_bytes(served)
+        size_served = len(served)
+        del served
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                   "--directory", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            root = f"http://127.0.0.1:{port}/api/v1.0"
+            _wait_for_port(port)
+            before_kb, peak_kb, elapsed, held = asyncio.run(run(root))
+        finally:
+            _stop(server)
+    over = (peak_kb - before_kb) * 1024
+    return {"blob_mb": round(size_served / 1e6, 1), "records": records, "seconds": round(elapsed, 1),
+            "baseline_rss_mb": round(before_kb / 1024), "over_baseline_mb": round(over / 1e6),
+            "blob_memory_factor": round(over / size_served, 2), "budget_factor": BLOB_MEMORY_FACTOR,
+            "reserved_mb": round(held / 1e6)}
+
+
+def _wait_for_port(port: int, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _rss_now_kb() -> int:
@@ -295,7 +409,7 @@ def _verdict(value: float, bar: float, higher_is_better: bool = True) -> str:
 
 
 def report(results: dict[str, dict[str, Any]], command: str) -> str:
-    f, e, r, b = (results.get(k, {}) for k in ("flatten", "e2e", "freshness", "blob50mb"))
+    f, e, r, b, a = (results.get(k, {}) for k in ("flatten", "e2e", "freshness", "blob50mb", "blob200mb"))
     lines = [
         "# Benchmark results",
         "",
@@ -324,6 +438,13 @@ def report(results: dict[str, dict[str, Any]], command: str) -> str:
             f"{r['freshness_max_s']} s | p95 ≤ {BARS['freshness_p95_s']:.0f} s | "
             f"{_verdict(r['freshness_p95_s'], BARS['freshness_p95_s'], higher_is_better=False)} | "
             f"{r['peak_rss_mb']} MB |")
+    if a:
+        lines.append(
+            f"| one {a['blob_mb']} MB body ({a['records']:,} records) through the Azure path: fetch, tables, ADX "
+            f"sink | {a['over_baseline_mb']} MB over baseline = **{a['blob_memory_factor']}× the body** in "
+            f"{a['seconds']} s (budget reserved {a['reserved_mb']} MB) | ≤ {a['budget_factor']}× | "
+            f"{_verdict(a['blob_memory_factor'], a['budget_factor'], higher_is_better=False)} | "
+            f"{a['peak_rss_mb']} MB ({a['baseline_rss_mb']} MB before the fetch) |")
     if b:
         lines.append(
             f"| one {b['blob_mb']} MB blob ({b['records']:,} records) parsed, flattened, written | "
@@ -333,7 +454,7 @@ def report(results: dict[str, dict[str, Any]], command: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__.splitlines()[0])
-    p.add_argument("--only", action="append", choices=["flatten", "e2e", "freshness", "blob50mb"])
+    p.add_argument("--only", action="append", choices=["flatten", "e2e", "freshness", "blob50mb", "blob200mb"])
     p.add_argument("--freshness-seconds", type=float, default=FRESH_SECONDS)
     p.add_argument("--e2e-records-per-day", type=int, default=E2E_RECORDS_PER_DAY)
     p.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
@@ -342,16 +463,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-out", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.part:
-        fn = {"flatten": part_flatten, "blob50mb": part_blob50mb}[args.part]
+        fn = {"flatten": part_flatten, "blob50mb": part_blob50mb, "blob200mb": part_blob_azure}[args.part]
         Path(args.json_out).write_text(json.dumps(fn(args.arg)))
         return 0
-    wanted = args.only or ["flatten", "e2e", "freshness", "blob50mb"]
+    wanted = args.only or ["flatten", "e2e", "freshness", "blob50mb", "blob200mb"]
     results: dict[str, dict[str, Any]] = {}
     steps: dict[str, Callable[[], dict[str, Any]]] = {
         "flatten": lambda: _part_in_child("flatten", FLATTEN_RECORDS),
         "e2e": lambda: bench_e2e(args.e2e_records_per_day),
         "freshness": lambda: bench_freshness(FRESH_TENANTS, args.freshness_seconds),
         "blob50mb": lambda: _part_in_child("blob50mb", BIG_BLOB_BYTES),
+        "blob200mb": lambda: _part_in_child("blob200mb", AZURE_BLOB_BYTES),
     }
     for name in wanted:
         print(f"bench {name} ...", flush=True)

@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from function_app.compose import build_rows
 from function_app.core.model import BlobStatus
 from function_app.core.pipeline import Pipeline
 from function_app.core.windows import PlanningRules
 from function_app.lake.duckdb_lake import LocalLake
 from function_app.state.local import LocalStateStore
-from function_app.wiring import build_rows
 from tests.fakes import FakeApi, FakeClock
 
 T = "11111111-2222-3333-4444-555555555555"
@@ -44,7 +44,7 @@ def test_records_redelivered_in_another_blob_are_kept_once(tmp_path: Path) -> No
     # The same record again, keys reordered, plus a DLP-style pair that shares an Id.
     again = dict(reversed(list(rec(2).items())))
     api.add(T, CT, "b2", NOW - timedelta(hours=2), [again, rec(3, "DlpRuleMatch"), rec(3, "DlpRuleUndo")])
-    report = asyncio.run(pipeline.collect_once([T], [CT]))
+    report = asyncio.run(pipeline.collect_once([(T, CT)]))
     assert report.ok
     assert [r[:2] for r in rows(lake)] == [
         ("00000000-0000-0000-0000-000000000001", "FileAccessed"),
@@ -58,10 +58,10 @@ def test_records_redelivered_in_another_blob_are_kept_once(tmp_path: Path) -> No
 def test_processing_the_same_blob_twice_adds_nothing(tmp_path: Path) -> None:
     _, api, lake, pipeline = make(tmp_path)
     blob = api.add(T, CT, "b1", NOW - timedelta(hours=3), [rec(1), rec(2)])
-    asyncio.run(pipeline.collect_once([T], [CT]))
+    asyncio.run(pipeline.collect_once([(T, CT)]))
     before = rows(lake)
     lake.connection.execute('UPDATE "ContentLedger" SET "Status" = \'queued\'')  # as if the run died
-    report = asyncio.run(pipeline.collect_once([T], [CT]))
+    report = asyncio.run(pipeline.collect_once([(T, CT)]))
     assert rows(lake) == before
     assert [o.blob for o in report.outcomes] == [blob]
     assert report.outcomes[0].duplicates == 2
@@ -72,7 +72,7 @@ def test_expired_blob_is_settled_and_the_rest_go_on(tmp_path: Path) -> None:
     api.add(T, CT, "gone", NOW - timedelta(hours=3), [rec(1)])
     api.add(T, CT, "ok", NOW - timedelta(hours=2), [rec(2)])
     api.expired.add("gone")
-    report = asyncio.run(pipeline.collect_once([T], [CT]))
+    report = asyncio.run(pipeline.collect_once([(T, CT)]))
     assert report.count(BlobStatus.EXPIRED) == 1 and report.count(BlobStatus.INGESTED) == 1
     assert not report.ok
     ledger = dict(lake.connection.execute('SELECT "ContentId", "Status" FROM "ContentLedger"').fetchall())

@@ -314,14 +314,17 @@ def test_lake_write_blob_stores_every_distinct_key(lake: LocalLake, body: Body) 
     _lake_check(lake, body, write)
 
 
-def test_unreadable_records_keep_their_own_key() -> None:
-    """A nested object's Id (a folder's) is not the record's: two records must not share a key."""
+def test_unreadable_records_never_share_or_take_a_key() -> None:
+    """Two records no parser reads never share a key (a nested folder's Id is not theirs), and
+    neither takes its own record's key, which a later whole delivery of the record must get."""
     unreadable = (b'{"CreationTime":"2026-11-20T10:00:00","Folders":[{"Id":"@P@-nested","FolderItems":[]}],'
                   b'"Id":"@P@-%d","RecordType":2,"Operation":"MailItemsAccessed","x":undefined}')
     run = uuid.uuid4().hex
     content, _ = parsed(Body((unreadable % 1, unreadable % 2)), run.encode())
     rows = flatten_tables(content.records, context(run))["AuditRecord"]
-    assert [r["Id"] for r in rows] == [f"{run}-1", f"{run}-2"]
+    ids = [r["Id"] for r in rows]
+    assert len(set(ids)) == 2 and all(i.startswith("x-") for i in ids), ids
+    assert [(r["RecordType"], r["Operation"]) for r in rows] == [(2, "MailItemsAccessed")] * 2
 
 
 # -- 5. a cut-off body: never raises, incomplete, every element before the cut whole -------------

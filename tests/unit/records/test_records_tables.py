@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from function_app.cli import main
+from function_app.compose import build_rows
 from function_app.core.model import ContentBlob
 from function_app.lake.duckdb_lake import LocalLake
 from function_app.lake.schema import RECORD_TABLES, TABLES_BY_NAME
 from function_app.records import tables
 from function_app.records.flatten import BlobContext
 from function_app.records.tables import flatten_tables
-from function_app.wiring import build_rows
 
 from ._samples import all_records, blob_context, require_samples
 

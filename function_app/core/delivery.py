@@ -1,8 +1,9 @@
-"""What each Azure trigger does, behind the ports: plan and enqueue, process one message,
-record a dead letter.
+"""The ledger decisions of queued delivery, over the ports: plan and enqueue, claim and process
+one message, requeue what stalled, reject what is untrusted, settle what was poisoned.
 
-The triggers only decode their binding and call one of ``collect_feeds``, ``handle_message``
-or ``handle_poison`` with the cached ``Runtime``. Delivery is at-least-once everywhere, so:
+Pure core (the Azure triggers, through ``azure.deps``, supply the adapters): the triggers only
+decode their binding and call one of ``collect_feeds``, ``handle_message`` or ``handle_poison``
+with the cached ``Runtime``. Delivery is at-least-once everywhere, so:
 
 * a message is untrusted until ``decode_message`` and ``check_content_uri`` accept it;
 * a blob is processed only under a ledger claim, and a settled blob is never processed
@@ -26,25 +27,22 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from function_app.config import AzureSettings, Settings
 from function_app.core.collector import Planner, PlanRequest
-from function_app.core.errors import MalformedContentError, UntrustedMessageError
+from function_app.core.errors import CheckpointConflictError, MalformedContentError, UntrustedMessageError
 from function_app.core.messages import check_content_uri, decode_message, message_identity
 from function_app.core.model import TERMINAL_STATUSES, BlobStatus, ContentBlob, FetchedContent, RunStats, utc
 from function_app.core.ports import ActivityApi, ClaimingStateStore, ContentQueue, DeadLetterStore, Sink
 from function_app.core.process import RowBuilder, process_blob
 from function_app.core.windows import PlanningRules
-from function_app.o365.retry import is_transient
-from function_app.state.table import CheckpointConflictError
 
 log = logging.getLogger(__name__)
 
 # Re-enqueued per feed and timer run at most: a backlog is drained over a few runs rather
 # than flooding the queue with duplicates of messages that may merely be waiting.
 REQUEUE_LIMIT = 500
-_TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +51,14 @@ class TenantApi:
 
     api: ActivityApi
     api_root: str
+
+
+class TenantApis(Protocol):
+    """The clients of the monitored tenants (``compose.TenantRouter``)."""
+
+    def api_for(self, tenant_id: str) -> TenantApi:
+        """The client of a configured tenant; UntrustedMessageError for any other tenant."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,22 +71,17 @@ class Runtime:
     queue: ContentQueue
     deadletter: DeadLetterStore
     sink: Sink
-    apis: Mapping[str, TenantApi]
+    api: TenantApis
     build_rows: RowBuilder
     clock: Callable[[], datetime]
     instance: str
+    rules: PlanningRules
+    # Whether a failure is worth another attempt (the API adapter's classification: o365.retry).
+    transient: Callable[[BaseException], bool]
 
     def api_for(self, tenant_id: str) -> TenantApi:
         """The client of a configured tenant; UntrustedMessageError for any other tenant."""
-        found = self.apis.get(tenant_id.lower())
-        if found is None:
-            raise UntrustedMessageError("tenantId: not a monitored tenant", field="tenantId")
-        return found
-
-    @property
-    def rules(self) -> PlanningRules:
-        s = self.settings
-        return PlanningRules(overlap=s.overlap, safety_lag=s.safety_lag, sweep_every=s.sweep_every)
+        return self.api.api_for(tenant_id)
 
 
 # -- timer: plan and enqueue ------------------------------------------------------------------
@@ -210,8 +211,9 @@ class _Attempt:
     """The ActivityApi for one delivery: remembers what the fetch returned or why it failed,
     and turns transient failures into ``_TransientFetchError``."""
 
-    def __init__(self, api: ActivityApi) -> None:
+    def __init__(self, api: ActivityApi, transient: Callable[[BaseException], bool]) -> None:
         self._api = api
+        self._transient = transient
         self.fetched: FetchedContent | None = None
         self.bad_body: bytes | bytearray | None = None
 
@@ -228,11 +230,11 @@ class _Attempt:
             self.fetched = await self._api.fetch_content(tenant_id, content_uri)
         except MalformedContentError as exc:
             self.bad_body = exc.body
-            if is_transient(exc):
+            if self._transient(exc):
                 raise _TransientFetchError(exc, exc.body) from exc
             raise
         except Exception as exc:
-            if is_transient(exc):
+            if self._transient(exc):
                 raise _TransientFetchError(exc, None) from exc
             raise
         return self.fetched
@@ -306,17 +308,18 @@ async def handle_message(
         return await _reject(rt, body, exc, message_id=message_id)
 
     owner = f"{rt.instance}/{message_id or uuid.uuid4().hex}"
-    if not await rt.state.claim(blob, owner, rt.azure.claim_lease, utc(rt.clock())):
+    claimed = await rt.state.claim(blob, owner, rt.azure.claim_lease, utc(rt.clock()))
+    if claimed is None:
         log.info("message skipped: blob settled or claimed elsewhere tenant_id=%s content_type=%s content_id=%s "
                  "dequeue_count=%d", *_ctx(blob), dequeue_count)
         return MessageOutcome("skipped", blob)
-    listed = _as_listed(blob, await rt.state.ledger_row(blob))
+    listed = _as_listed(blob, claimed)
     if listed != blob:
         log.warning("message disagrees with the ledger; the listed values are used tenant_id=%s content_type=%s "
                     "content_id=%s message_id=%s", *_ctx(blob), message_id)
         blob = listed
 
-    attempt = _Attempt(rt.api_for(blob.tenant_id).api)
+    attempt = _Attempt(rt.api_for(blob.tenant_id).api, rt.transient)
     try:
         outcome = await process_blob(blob, api=attempt, sink=rt.sink, state=rt.state,
                                      build_rows=rt.build_rows, clock=rt.clock)
@@ -392,7 +395,7 @@ async def handle_poison(
         return await _reject(rt, body, exc, message_id=message_id)
     row = await rt.state.ledger_row(blob)
     status = row.get("Status") if row else None
-    if status in _TERMINAL:
+    if status in TERMINAL_STATUSES:  # a StrEnum set: the stored text matches its member
         location = await rt.deadletter.put_message(body, f"poison; blob already {status}", message_id=message_id)
         log.info("dead letter for a settled blob tenant_id=%s content_type=%s content_id=%s status=%s kept=%s",
                  *_ctx(blob), status, location)

@@ -1,0 +1,280 @@
+"""The one place a run's parts are built from settings: clients, state, sink, ledger mirror, rules.
+
+Every entry point assembles its run here and nowhere else: the Functions triggers
+(``azure.deps``), ``auditlake collect`` (into the local lake, or straight into ADX), ``replay``
+(local and Azure) and ``demo``. Before this module each of them built its own clients, state
+and sinks, and they disagreed (a replay into ADX left ADX's ledger saying ``failed``; the local
+path ignored each tenant's cloud and content types).
+
+What is built:
+
+* one Management API client per API root (the cloud of each tenant, or the override), all on one
+  HTTP session and one memory budget, routed by tenant (``TenantRouter``), so a source is one
+  ``ActivityApi`` whichever tenants and clouds it serves;
+* the state store and the sink the caller chose: the local lake for both, the local lake for
+  state with ADX as the sink, or Azure's Table Storage with ADX (plus the content queue and the
+  dead-letter container);
+* whenever the sink is ADX, the state store is wrapped so every ledger change and planning pass
+  is also written to ADX's ``ContentLedger`` and ``CollectorRun``: which ledger ADX holds never
+  depends on which entry point ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import aiohttp
+
+from function_app.config import AzureSettings, Settings, TenantConfig
+from function_app.core.budget import MemoryBudget
+from function_app.core.delivery import TenantApi
+from function_app.core.errors import UntrustedMessageError
+from function_app.core.model import CONTENT_TYPES, ContentBlob, FetchedContent
+from function_app.core.ports import ContentQueue, DeadLetterStore, Sink, StateStore
+from function_app.core.windows import PlanningRules
+from function_app.o365.auth import TokenProvider, token_provider_from_env
+from function_app.o365.client import ManagementApiClient
+from function_app.o365.clouds import Cloud
+from function_app.o365.retry import RetryPolicy
+from function_app.records.flatten import BlobContext
+from function_app.records.tables import flatten_tables
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def build_rows(
+    records: list[Any], blob: ContentBlob, fetched_at: datetime
+) -> Mapping[str, Sequence[Mapping[str, Any]]]:
+    """The rows of every table built from one blob's records: ``AuditRecord`` (one row per record),
+    ``MailItemAccess``, ``DirectoryChange``, ``SignIn`` and ``SchemaObservation``; never raises on
+    record content."""
+    ctx = BlobContext(
+        tenant_id=blob.tenant_id,
+        content_type=blob.content_type,
+        content_id=blob.content_id,
+        content_created=blob.content_created,
+        ingested_at=fetched_at,
+    )
+    return flatten_tables(records, ctx)
+
+
+def rules_of(settings: Settings) -> PlanningRules:
+    return PlanningRules(overlap=settings.overlap, safety_lag=settings.safety_lag, sweep_every=settings.sweep_every)
+
+
+def api_root_of(settings: Settings, tenant: TenantConfig) -> str:
+    """The API root a tenant is collected from: the override, else its cloud's."""
+    return (settings.api_root or Cloud.parse(tenant.cloud).api_root).rstrip("/")
+
+
+def feeds_of(settings: Settings, tenant_ids: Sequence[str] = (),
+             content_types: Sequence[str] | None = None) -> tuple[TenantConfig, ...]:
+    """The tenants to collect, each with its cloud and content types.
+
+    *tenant_ids* (the CLI's ``--tenant-id``) narrows or extends the configured tenants: a tenant
+    configured in ``AUDITLAKE_TENANTS`` keeps its own cloud and content types, another gets every
+    content type and the default cloud. *content_types* (``--content-type``) replaces the content
+    types of every tenant.
+    """
+    configured = {t.tenant_id.lower(): t for t in settings.tenants}
+    chosen = ([configured.get(tid.lower(), TenantConfig(tid.lower(), CONTENT_TYPES, settings.cloud))
+               for tid in dict.fromkeys(tenant_ids)] if tenant_ids else list(settings.tenants))
+    if content_types is not None:
+        chosen = [replace(t, content_types=tuple(content_types)) for t in chosen]
+    return tuple(chosen)
+
+
+class TenantRouter:
+    """An ``ActivityApi`` over several tenants: every call goes to the client of its tenant's cloud."""
+
+    def __init__(self, apis: Mapping[str, TenantApi]) -> None:
+        self.apis = {tid.lower(): api for tid, api in apis.items()}
+
+    def api_for(self, tenant_id: str) -> TenantApi:
+        """The client of a configured tenant; UntrustedMessageError for any other tenant."""
+        found = self.apis.get(tenant_id.lower())
+        if found is None:
+            raise UntrustedMessageError("tenantId: not a monitored tenant", field="tenantId")
+        return found
+
+    async def start_subscription(self, tenant_id: str, content_type: str) -> None:
+        await self.api_for(tenant_id).api.start_subscription(tenant_id, content_type)
+
+    def list_content(
+        self, tenant_id: str, content_type: str, start: datetime, end: datetime
+    ) -> AsyncIterator[list[ContentBlob]]:
+        return self.api_for(tenant_id).api.list_content(tenant_id, content_type, start, end)
+
+    async def fetch_content(self, tenant_id: str, content_uri: str) -> FetchedContent:
+        return await self.api_for(tenant_id).api.fetch_content(tenant_id, content_uri)
+
+
+class Lake(Sink, Protocol):
+    """A local lake (the local tool's DuckDB file): a sink that also keeps the run's state.
+
+    A protocol, so this module (which Azure runs) never imports the local tool."""
+
+    def state_store(self) -> StateStore:
+        """The ledger, checkpoints and runs kept in the lake."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class AdxTarget:
+    """ADX as the sink: the data-management URI and the database (``--adx-ingest-uri``)."""
+
+    ingest_uri: str
+    database: str
+    engine_uri: str | None = None
+    streaming: bool = False
+    client_id: str | None = None
+
+
+@dataclass(slots=True)
+class Parts:
+    """Everything one run uses. ``queue`` and ``deadletter`` exist on the Azure path only."""
+
+    settings: Settings
+    feeds: tuple[TenantConfig, ...]
+    api: TenantRouter
+    state: StateStore
+    sink: Sink
+    rules: PlanningRules
+    build_rows: Callable[[list[Any], ContentBlob, datetime], Mapping[str, Sequence[Mapping[str, Any]]]]
+    clock: Callable[[], datetime]
+    queue: ContentQueue | None = None
+    deadletter: DeadLetterStore | None = None
+
+
+async def _open_clients(
+    settings: Settings, feeds: Sequence[TenantConfig], stack: AsyncExitStack, *, keep_body: bool,
+    tokens: TokenProvider | None, env: Mapping[str, str],
+) -> TenantRouter:
+    connector = aiohttp.TCPConnector(limit=max(16, settings.concurrency * 2))
+    session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
+    # One budget for the process: every blob in flight, whichever tenant, draws from it.
+    memory = MemoryBudget(settings.memory_budget_mb * 1024 * 1024)
+    publisher = settings.publisher_id or (feeds[0].tenant_id if feeds else "")
+    clients: dict[str, ManagementApiClient] = {}
+    apis: dict[str, TenantApi] = {}
+    for tenant in feeds:
+        root = api_root_of(settings, tenant)
+        client = clients.get(root)
+        if client is None:
+            provider = tokens or token_provider_from_env(env, Cloud.parse(tenant.cloud))
+            close = getattr(provider, "close", None)
+            if close is not None and provider is not tokens:
+                # azure-identity credentials hold their own HTTP sessions.
+                stack.push_async_callback(close)
+            client = ManagementApiClient(
+                session, api_root=root, publisher_id=publisher, tokens=provider,
+                retry=RetryPolicy(max_attempts=settings.retry_attempts, base_delay=settings.retry_base,
+                                  max_delay=settings.retry_max),
+                timeout=settings.http_timeout, max_blob_bytes=settings.max_blob_bytes,
+                keep_body=keep_body, memory=memory,
+            )
+            clients[root] = client
+        apis[tenant.tenant_id] = TenantApi(client, client.api_root)
+    return TenantRouter(apis)
+
+
+def _adx_sink(target: AdxTarget, stack: AsyncExitStack) -> Sink:
+    from function_app.lake.adx import AdxSink
+
+    credential = None
+    if not target.ingest_uri.startswith("http://"):
+        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+        # A user-assigned identity must be named; otherwise the default chain (CLI, environment...).
+        credential = (ManagedIdentityCredential(client_id=target.client_id) if target.client_id
+                      else DefaultAzureCredential())
+    sink = AdxSink.create(target.ingest_uri, target.database, credential, engine_uri=target.engine_uri,
+                          streaming=target.streaming)
+
+    async def close() -> None:
+        await asyncio.to_thread(sink.close)
+
+    stack.push_async_callback(close)
+    return sink
+
+
+def _mirrored(state: Any, sink: Sink) -> Any:
+    from function_app.azure.mirror import AdxMirroredState
+
+    return AdxMirroredState(state, sink)
+
+
+@asynccontextmanager
+async def open_parts(
+    settings: Settings,
+    *,
+    feeds: Sequence[TenantConfig] | None = None,
+    lake: Lake | None = None,
+    adx: AdxTarget | None = None,
+    azure: AzureSettings | None = None,
+    keep_body: bool = False,
+    tokens: TokenProvider | None = None,
+    env: Mapping[str, str] | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> AsyncIterator[Parts]:
+    """The parts of a run, released when the context ends.
+
+    Exactly one place for state: *lake* (the local lake's ledger and checkpoints) or *azure*
+    (Table Storage, with the content queue and the dead-letter container). The sink is *adx* when
+    given (for *azure*, its ADX settings), else the lake. Whenever the sink is ADX the state is
+    mirrored into ADX's ledger. *feeds* defaults to ``settings.tenants``.
+    """
+    if (lake is None) == (azure is None):
+        raise ValueError("a run keeps its state in the local lake or in Azure, exactly one")
+    chosen = tuple(feeds if feeds is not None else settings.tenants)
+    async with AsyncExitStack() as stack:
+        router = await _open_clients(settings, chosen, stack, keep_body=keep_body or azure is not None,
+                                     tokens=tokens, env=env if env is not None else os.environ)
+        queue: ContentQueue | None = None
+        deadletter: DeadLetterStore | None = None
+        state: Any
+        if azure is not None:
+            state, queue, deadletter = await _azure_state(azure, stack, clock)
+            adx = adx or AdxTarget(azure.adx_ingest_uri, azure.adx_database, azure.adx_engine_uri,
+                                   azure.adx_streaming, azure.adx_client_id or azure.storage.client_id)
+        else:
+            assert lake is not None
+            state = lake.state_store()
+        sink: Sink
+        if adx is not None:
+            sink = _adx_sink(adx, stack)
+            state = _mirrored(state, sink)
+        else:
+            assert lake is not None
+            sink = lake
+        yield Parts(settings=settings, feeds=chosen, api=router, state=state, sink=sink, rules=rules_of(settings),
+                    build_rows=build_rows, clock=clock, queue=queue, deadletter=deadletter)
+
+
+async def _azure_state(
+    az: AzureSettings, stack: AsyncExitStack, clock: Callable[[], datetime]
+) -> tuple[Any, ContentQueue, DeadLetterStore]:
+    from function_app.azure.deadletter import BlobDeadLetterStore
+    from function_app.azure.queue import StorageContentQueue
+    from function_app.azure.storage import container_client, queue_client, storage_credential, table_service
+    from function_app.state.table import TableStateStore
+
+    credential = storage_credential(az.storage)
+    if credential is not None:
+        stack.push_async_callback(credential.close)
+    state = TableStateStore(table_service(az.storage, credential), checkpoints_table=az.checkpoints_table,
+                            ledger_table=az.ledger_table, runs_table=az.runs_table, clock=clock)
+    stack.push_async_callback(state.close)
+    queue = StorageContentQueue(queue_client(az.storage, az.content_queue, credential))
+    stack.push_async_callback(queue.close)
+    deadletter = BlobDeadLetterStore(container_client(az.storage, az.deadletter_container, credential), clock=clock)
+    stack.push_async_callback(deadletter.close)
+    return state, queue, deadletter
