@@ -7,7 +7,7 @@ normalised values of the row (UserPrincipal, ClientIP, ``Properties`` with its J
 already parsed) are reused, never recomputed. Builders never raise on record content and never
 change the record; rows may share nested values with it, so treat both as read-only.
 
-Choices (documented in the README's data dictionary):
+Choices (documented in docs/data-dictionary.md):
 
 * ``MailItemAccess``: one row per item of ``Folders[].FolderItems[]`` (and of the rarer
   ``Messages[].MessageItems[]``) of a ``MailItemsAccessed`` record, keyed by (RecordId,

@@ -10,7 +10,7 @@ included), no record is in the lake twice, every row flagged ``record:unreadable
 emulator served whole), and the ledger holds exactly the blobs the emulator can never deliver
 whole, ``failed`` or ``expired`` with the reason, every other blob ``ingested`` once.
 
-``SCENARIOS`` is also the README's "Fault suite" table: ``test_readme_lists_the_scenarios``
+``SCENARIOS`` is also the table of docs/fault-suite.md: ``test_readme_lists_the_scenarios``
 keeps the two equal (``python -m tests.flows.test_fault_suite`` prints the table).
 """
 
@@ -37,8 +37,8 @@ from function_app.emulator.faults import HUGE_STRING_CHARS
 from tests.flows.conftest import AUDITLAKE, REPO, RunningEmulator, collect_env
 
 TENANT = "6d5c4b3a-2f1e-4d0c-9b8a-7f6e5d4c3b2a"
-README = REPO / "README.md"
-# What every scenario asserts, and what the README's table says.
+FAULT_SUITE_DOC = REPO / "docs" / "fault-suite.md"
+# What every scenario asserts, and what the table of docs/fault-suite.md says.
 LOST = 0
 DUPLICATED = 0
 # A row a collector keeps for a record it could read only leniently, or not at all.
@@ -201,7 +201,7 @@ SCENARIOS: tuple[Scenario, ...] = (
 
 
 def render_table() -> str:
-    """The markdown table of SCENARIOS, as the README carries it."""
+    """The markdown table of SCENARIOS, as docs/fault-suite.md carries it."""
     lines = [
         "| scenario | what happened | emulator faults, collector settings | lost | duplicated "
         "| damaged rows kept, flagged | failed / expired in ContentLedger (reason contains) |",
@@ -213,12 +213,10 @@ def render_table() -> str:
 
 
 def _readme_table() -> str:
-    text = README.read_text(encoding="utf-8")
-    assert "\n## Fault suite\n" in text, "README.md has no '## Fault suite' section"
-    start = text.index("\n## Fault suite\n")
-    end = text.find("\n## ", start + 1)
-    section = text[start : end if end != -1 else len(text)]
-    return "\n".join(line for line in section.splitlines() if line.startswith("|"))
+    """The one markdown table of docs/fault-suite.md (the README links to it)."""
+    text = FAULT_SUITE_DOC.read_text(encoding="utf-8")
+    assert text.startswith("# Fault suite\n"), "docs/fault-suite.md should start with '# Fault suite'"
+    return "\n".join(line for line in text.splitlines() if line.startswith("|"))
 
 
 def test_scenario_names_are_unique() -> None:
@@ -228,8 +226,8 @@ def test_scenario_names_are_unique() -> None:
 def test_readme_lists_the_scenarios() -> None:
     got = _readme_table()
     rows = [line.split(" | ")[:2] for line in got.splitlines()[2:]]
-    assert rows == [[f"| {s.name}", s.happens] for s in SCENARIOS], "README scenario/what-happened columns"
-    assert got == render_table(), f"README's Fault suite table should be:\n{render_table()}"
+    assert rows == [[f"| {s.name}", s.happens] for s in SCENARIOS], "docs/fault-suite.md scenario/what-happened columns"
+    assert got == render_table(), f"docs/fault-suite.md's table should be:\n{render_table()}"
 
 
 # ---------------------------------------------------------------------------------------------
