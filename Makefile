@@ -40,7 +40,7 @@ test: setup lint tools node_modules/.bin/azurite
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check function_app tests main.py
+	$(BIN)/ruff check function_app auditlake tests main.py
 	$(BIN)/mypy
 
 bench: setup

@@ -1,1 +1,1 @@
-"""The table schema (single source) and the sinks that write it."""
+"""The table schema (single source) and the ADX sink (the DuckDB lake is ``auditlake.lake``)."""

@@ -1,1 +1,1 @@
-"""Checkpoint and ledger stores: Azure Table Storage, and local (in the DuckDB lake)."""
+"""Checkpoint and ledger stores in Azure Table Storage (the local lake's store is ``auditlake.state``)."""

@@ -1,7 +1,7 @@
 """Checkpoints, the content ledger and run history in Azure Table Storage.
 
-Behaves like ``state/local.py`` (the DuckDB store), with the concurrency Azure adds: many
-Function instances share these tables, so every read-modify-write is guarded by the
+Behaves like ``auditlake/state/local.py`` (the local tool's DuckDB store), with the concurrency
+Azure adds: many Function instances share these tables, so every read-modify-write is guarded by the
 entity's ETag. Checkpoint writes fail loudly (``CheckpointConflictError``) when another
 writer moved the checkpoint; ``claim`` lets exactly one instance work on a blob at a time.
 

@@ -1,6 +1,7 @@
 // The AuditLake database in a new or existing ADX cluster (deployed at the cluster's resource
-// group): retention and hot cache, the KQL scripts of infra/kql in order, and the app's
-// managed identity as database Ingestor.
+// group): retention and hot cache, the KQL scripts (infra/kql, and the function library that
+// ships with the local tool in auditlake/kql/functions) in order, and the app's managed
+// identity as database Ingestor.
 
 @description('Name of the cluster the database lives in (in this module\'s resource group).')
 param clusterName string
@@ -37,22 +38,23 @@ resource database 'Microsoft.Kusto/clusters/databases@2024-04-13' = {
   }
 }
 
-// Every script of infra/kql, in the order they must run: tables, policies, views, functions.
-// Each one may use what the ones before it created. Adding a script is one line here; the
-// contract test fails while a .kql file under infra/kql is not listed.
+// Every script, in the order they must run: tables, policies, views (infra/kql), functions
+// (auditlake/kql/functions, the same files `auditlake query` loads). Each one may use what the
+// ones before it created. Adding a script is one line here; the contract test fails while a
+// .kql file of either folder is not listed.
 var kqlScripts = [
   { name: 'tables', content: loadTextContent('../kql/tables.kql') }
   { name: 'policies', content: loadTextContent('../kql/policies.kql') }
   { name: 'views', content: loadTextContent('../kql/views.kql') }
-  { name: 'function-AuditLatency', content: loadTextContent('../kql/functions/AuditLatency.kql') }
-  { name: 'function-AuditTampering', content: loadTextContent('../kql/functions/AuditTampering.kql') }
-  { name: 'function-LedgerHealth', content: loadTextContent('../kql/functions/LedgerHealth.kql') }
-  { name: 'function-LicenseChanges', content: loadTextContent('../kql/functions/LicenseChanges.kql') }
-  { name: 'function-LogFlowGaps', content: loadTextContent('../kql/functions/LogFlowGaps.kql') }
-  { name: 'function-MessagesRead', content: loadTextContent('../kql/functions/MessagesRead.kql') }
-  { name: 'function-OfficeActivity', content: loadTextContent('../kql/functions/OfficeActivity.kql') }
-  { name: 'function-SchemaDrift', content: loadTextContent('../kql/functions/SchemaDrift.kql') }
-  { name: 'function-ServicePrincipalActivity', content: loadTextContent('../kql/functions/ServicePrincipalActivity.kql') }
+  { name: 'function-AuditLatency', content: loadTextContent('../../auditlake/kql/functions/AuditLatency.kql') }
+  { name: 'function-AuditTampering', content: loadTextContent('../../auditlake/kql/functions/AuditTampering.kql') }
+  { name: 'function-LedgerHealth', content: loadTextContent('../../auditlake/kql/functions/LedgerHealth.kql') }
+  { name: 'function-LicenseChanges', content: loadTextContent('../../auditlake/kql/functions/LicenseChanges.kql') }
+  { name: 'function-LogFlowGaps', content: loadTextContent('../../auditlake/kql/functions/LogFlowGaps.kql') }
+  { name: 'function-MessagesRead', content: loadTextContent('../../auditlake/kql/functions/MessagesRead.kql') }
+  { name: 'function-OfficeActivity', content: loadTextContent('../../auditlake/kql/functions/OfficeActivity.kql') }
+  { name: 'function-SchemaDrift', content: loadTextContent('../../auditlake/kql/functions/SchemaDrift.kql') }
+  { name: 'function-ServicePrincipalActivity', content: loadTextContent('../../auditlake/kql/functions/ServicePrincipalActivity.kql') }
 ]
 
 // One at a time, in list order: ADX runs one database script at a time anyway.

@@ -111,6 +111,8 @@ var collectorSettings = {
   AzureWebJobsStorage__blobServiceUri: blobEndpoint
   AzureWebJobsStorage__queueServiceUri: queueEndpoint
   AzureWebJobsStorage__tableServiceUri: tableEndpoint
+  // Resolved by the Functions host itself in the trigger bindings (%CONTENT_QUEUE%, %COLLECT_SCHEDULE%),
+  // which has no default for them: always set.
   CONTENT_QUEUE: contentQueueName
   COLLECT_SCHEDULE: collectSchedule
   STATE_TABLE_PREFIX: stateTablePrefix

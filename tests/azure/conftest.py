@@ -103,6 +103,7 @@ def harness(azurite: Azurite, fake_adx: FakeAdx, monkeypatch: pytest.MonkeyPatch
         STATE_TABLE_PREFIX=h.prefix,
         DEADLETTER_CONTAINER=h.container,
         ADX_INGEST_URI=fake_adx.uri,
+        ADX_ALLOW_INSECURE_HTTP="true",  # the fake ADX speaks plain http, without authentication
         ADX_DATABASE=DATABASE,
         AUDITLAKE_API_TOKEN="test-token",
         AUDITLAKE_RETRY_BASE_SECONDS="0.01",

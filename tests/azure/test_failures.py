@@ -27,17 +27,17 @@ import orjson
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
+from auditlake.emulator.faults import cutoff_body
+from auditlake.emulator.server import EmulatorServer
+from auditlake.emulator.tenant import EmulatedBlob
+from auditlake.lake.duckdb_lake import LocalLake
+from auditlake.localrun import collect
+from auditlake.replay import replay
 from function_app.azure.deps import close_runtime
 from function_app.config import Settings
 from function_app.core.messages import decode_message, encode_message
 from function_app.core.model import CONTENT_TYPES, ContentBlob
-from function_app.emulator.faults import cutoff_body
-from function_app.emulator.server import EmulatorServer
-from function_app.emulator.tenant import EmulatedBlob
-from function_app.lake.duckdb_lake import LocalLake
-from function_app.localrun import collect
 from function_app.o365.auth import StaticTokenProvider
-from function_app.replay import replay
 from tests.azure.conftest import MAX_DEQUEUE_COUNT, FunctionsHost, Harness
 
 TENANT = "8e7d6c5b-4a39-4281-9f0e-1d2c3b4a5968"

@@ -18,11 +18,11 @@ from typing import Any
 
 import orjson
 
+from auditlake.emulator.faults import malformed_body
+from auditlake.emulator.server import EmulatorServer
+from auditlake.emulator.tenant import EmulatedBlob, SyntheticTenant
 from function_app.azure.deps import close_runtime
 from function_app.core.messages import decode_message
-from function_app.emulator.faults import malformed_body
-from function_app.emulator.server import EmulatorServer
-from function_app.emulator.tenant import EmulatedBlob, SyntheticTenant
 from tests.azure.conftest import FunctionsHost, Harness
 
 TENANT = "2b3c4d5e-6f70-4a81-9b2c-3d4e5f607182"

@@ -19,10 +19,10 @@ import orjson
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
+from auditlake.emulator.server import EmulatorServer
+from auditlake.emulator.tenant import EmulatedBlob
 from function_app.azure.deps import close_runtime
 from function_app.core.messages import decode_message
-from function_app.emulator.server import EmulatorServer
-from function_app.emulator.tenant import EmulatedBlob
 from tests.azure.conftest import FunctionsHost, Harness
 
 TENANT = "4d5e6f70-8192-4a3b-9c4d-5e6f708192a3"

@@ -13,9 +13,9 @@ from typing import Any
 
 from azure.storage.queue import QueueClient
 
+from auditlake.emulator.server import EmulatorServer
 from function_app.azure.deps import close_runtime
 from function_app.core.messages import decode_message
-from function_app.emulator.server import EmulatorServer
 from function_app.lake.schema import TABLES_BY_NAME, json_mapping_name
 from function_app.state.table import TableStateStore
 from tests.azure.conftest import DATABASE, FunctionsHost, Harness

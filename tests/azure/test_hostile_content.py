@@ -29,11 +29,11 @@ import orjson
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 
+from auditlake.emulator.server import EmulatorServer
+from auditlake.emulator.tenant import EmulatedBlob
 from function_app.azure.deps import close_runtime
 from function_app.config import reset_app_settings
 from function_app.core.messages import decode_message
-from function_app.emulator.server import EmulatorServer
-from function_app.emulator.tenant import EmulatedBlob
 from tests.adapters.fake_adx import FakeAdx
 from tests.azure.conftest import DATABASE, FunctionsHost, Harness
 from tests.azurite import Azurite
@@ -232,6 +232,7 @@ def run(azurite: Azurite, fake_adx: FakeAdx) -> Iterator[Outcome]:
         h.configure(
             AzureWebJobsStorage=azurite.connection_string, CONTENT_QUEUE=h.queue, STATE_TABLE_PREFIX=h.prefix,
             DEADLETTER_CONTAINER=h.container, ADX_INGEST_URI=fake_adx.uri, ADX_DATABASE=DATABASE,
+            ADX_ALLOW_INSECURE_HTTP="true",
             AUDITLAKE_API_TOKEN="test-token", AUDITLAKE_RETRY_BASE_SECONDS="0.01",
             AUDITLAKE_RETRY_MAX_SECONDS="0.05", AUDITLAKE_RETRY_ATTEMPTS=str(RETRY_ATTEMPTS),
             AUDITLAKE_SAFETY_LAG_SECONDS="0",

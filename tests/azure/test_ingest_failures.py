@@ -17,11 +17,11 @@ import pytest
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 
+from auditlake.emulator.server import EmulatorServer
 from function_app.azure.deps import close_runtime
 from function_app.azure.ingest_failures import parse_failure
 from function_app.core.messages import decode_message
 from function_app.core.model import ContentBlob
-from function_app.emulator.server import EmulatorServer
 from function_app.lake.adx import MAX_BLOB_NAME_CHARS, BlobKey, blob_key, source_id, stream_name
 from tests.adapters.fake_adx import FAILED_QUEUE, Ingestion
 from tests.azure.conftest import DATABASE, FunctionsHost, Harness

@@ -23,15 +23,15 @@ from typing import Any
 import duckdb
 import pytest
 
+from auditlake.emulator.server import EmulatorServer
+from auditlake.lake.duckdb_lake import LocalLake
+from auditlake.localrun import collect
+from auditlake.replay import replay
 from function_app.azure.deps import close_runtime
 from function_app.compose import feeds_of, open_parts
 from function_app.config import Settings
-from function_app.emulator.server import EmulatorServer
-from function_app.lake.duckdb_lake import LocalLake
-from function_app.localrun import collect
 from function_app.o365.auth import StaticTokenProvider
 from function_app.o365.clouds import Cloud
-from function_app.replay import replay
 from tests.adapters.fake_adx import FakeAdx, Ingestion
 from tests.azure.conftest import DATABASE, FunctionsHost, Harness
 from tests.flows.conftest import AUDITLAKE, REPO, RunningEmulator, start_emulator

@@ -125,9 +125,9 @@ def part_blob50mb(size: int) -> dict[str, Any]:
 
     import orjson
 
+    from auditlake.lake.duckdb_lake import LocalLake
     from function_app.compose import build_rows
     from function_app.core.model import ContentBlob
-    from function_app.lake.duckdb_lake import LocalLake
 
     baseline = _rss_now_kb()
     pieces: list[bytes] = []

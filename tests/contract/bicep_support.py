@@ -25,6 +25,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 KQL_DIR = INFRA / "kql"
+# The KQL function library: package data of the local tool, deployed to ADX by adx-database.bicep.
+KQL_FUNCTIONS_DIR = REPO / "auditlake" / "kql" / "functions"
 TOOLS_VENV = REPO / ".venv-tools"
 CHECKOV = TOOLS_VENV / "bin" / "checkov"
 

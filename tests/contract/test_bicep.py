@@ -26,6 +26,7 @@ from function_app.o365.clouds import Cloud
 from tests.contract.bicep_support import (
     INFRA,
     KQL_DIR,
+    KQL_FUNCTIONS_DIR,
     REPO,
     app_settings_by_mode,
     bicep_files,
@@ -65,6 +66,7 @@ NOT_DEPLOYED = {
     "AUDITLAKE_API_ROOT": "an override for the emulator; the cloud selects the real root",
     "AUDITLAKE_API_TOKEN": "a static bearer token for tests and the emulator",
     "AUDITLAKE_MAX_BLOB_BYTES": "follows from AUDITLAKE_MEMORY_BUDGET_MB, which Bicep sets from the instance size",
+    "ADX_ALLOW_INSECURE_HTTP": "a plain-http fake ADX gets no authentication: tests only, never in Azure",
     "AZURE_FEDERATED_TOKEN_FILE": "workload identity on Kubernetes, not on Functions",
     "AZURE_CLIENT_CERTIFICATE_PATH": "Flex Consumption cannot load certificates (WEBSITE_LOAD_CERTIFICATES)",
     "AZURE_CLIENT_CERTIFICATE_PASSWORD": "goes with AZURE_CLIENT_CERTIFICATE_PATH",
@@ -325,8 +327,8 @@ def test_every_load_text_content_target_exists() -> None:
 
 def test_every_kql_file_is_deployed() -> None:
     deployed = set(_deployed_kql())
-    on_disk = {p.resolve() for p in KQL_DIR.rglob("*.kql")}
-    assert on_disk, "no KQL under infra/kql"
+    on_disk = {p.resolve() for p in [*KQL_DIR.rglob("*.kql"), *KQL_FUNCTIONS_DIR.glob("*.kql")]}
+    assert on_disk, "no KQL under infra/kql or auditlake/kql/functions"
     missing = sorted(rel(p) for p in on_disk - deployed)
     assert not missing, f"add one line per script to kqlScripts in infra/modules/adx-database.bicep: {missing}"
     # The file test_kql_schema holds equal to render_adx() is the one deployed.
@@ -355,7 +357,8 @@ def test_kql_scripts_run_one_at_a_time_in_order() -> None:
 
 
 def _kql_rank(path: Path) -> int:
-    first = path.relative_to(KQL_DIR.resolve()).parts[0]
+    # The function library ships as the local tool's package data; Bicep deploys it from there.
+    first = "functions" if path.parent == KQL_FUNCTIONS_DIR.resolve() else path.relative_to(KQL_DIR.resolve()).parts[0]
     assert first in KQL_ORDER, f"{first}: give it a place in KQL_ORDER (tests/contract/test_bicep.py)"
     return KQL_ORDER.index(first)
 

@@ -1,4 +1,5 @@
-"""Every KQL script under infra/kql parses and analyses cleanly with Microsoft's Kusto.Language.
+"""Every KQL script ADX runs (infra/kql, and the function library auditlake/kql/functions) parses and
+analyses cleanly with Microsoft's Kusto.Language.
 
 ``kql_check.cjs`` runs the parser of Kusto Explorer and the ADX web UI (npm
 ``@kusto/language-service-next``, pinned in package.json) under Node against a database described
@@ -22,6 +23,7 @@ from function_app.lake.schema import Column, Table, adx_tables
 
 REPO = Path(__file__).resolve().parents[2]
 KQL = REPO / "infra" / "kql"
+FUNCTIONS = REPO / "auditlake" / "kql" / "functions"
 CHECKER = Path(__file__).with_name("kql_check.cjs")
 PACKAGE = "@kusto/language-service-next"
 MAIN_BICEP = REPO / "infra" / "main.bicep"
@@ -104,8 +106,8 @@ def describe(report: dict[str, Any]) -> list[str]:
 
 
 def test_every_kql_script_parses_and_analyses_without_errors(tmp_path: Path) -> None:
-    scripts = sorted(KQL.rglob("*.kql"))
-    assert scripts, "no KQL under infra/kql"
+    scripts = sorted(KQL.rglob("*.kql")) + sorted(FUNCTIONS.glob("*.kql"))
+    assert len({s.parent for s in scripts}) == 2, "no KQL under infra/kql or auditlake/kql/functions"
     report = run_check(tmp_path, scripts)
     assert [Path(f["file"]) for f in report["files"]] == [s.relative_to(REPO) for s in scripts]
     assert all(f["commands"] for f in report["files"]), "a script without a command"

@@ -9,8 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from function_app.cli import DEMO_TENANT
-from function_app.emulator.tenant import SyntheticTenant
+from auditlake.cli import DEMO_TENANT
+from auditlake.emulator.tenant import SyntheticTenant
 from tests.flows.conftest import AUDITLAKE, REPO
 
 pytestmark = pytest.mark.slow

@@ -33,7 +33,7 @@ from typing import Any
 import duckdb
 import pytest
 
-from function_app.emulator.faults import HUGE_STRING_CHARS
+from auditlake.emulator.faults import HUGE_STRING_CHARS
 from tests.flows.conftest import AUDITLAKE, REPO, RunningEmulator, collect_env
 
 TENANT = "6d5c4b3a-2f1e-4d0c-9b8a-7f6e5d4c3b2a"

@@ -22,9 +22,9 @@ import duckdb
 import orjson
 import pytest
 
-from function_app.cli import DEMO_TENANT, main
-from function_app.emulator.incident import Incident
-from function_app.emulator.tenant import SyntheticTenant
+from auditlake.cli import DEMO_TENANT, main
+from auditlake.emulator.incident import Incident
+from auditlake.emulator.tenant import SyntheticTenant
 from tests.flows.conftest import AUDITLAKE, REPO
 
 pytestmark = pytest.mark.slow

@@ -26,11 +26,11 @@ import duckdb
 import orjson
 import pytest
 
+from auditlake.emulator.server import EmulatorServer
+from auditlake.lake.duckdb_lake import LakeCause, LakeUnavailableError, LocalLake
+from auditlake.localrun import collect
 from function_app.config import Settings
 from function_app.core.model import CONTENT_TYPES
-from function_app.emulator.server import EmulatorServer
-from function_app.lake.duckdb_lake import LakeCause, LakeUnavailableError, LocalLake
-from function_app.localrun import collect
 from function_app.o365.auth import StaticTokenProvider
 from tests.flows.conftest import AUDITLAKE, REPO, collect_env
 

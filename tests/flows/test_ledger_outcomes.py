@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from auditlake.emulator.faults import FaultSpec
+from auditlake.emulator.server import EmulatorServer
+from auditlake.lake.duckdb_lake import LocalLake
+from auditlake.localrun import collect
 from function_app.config import Settings
 from function_app.core.model import CONTENT_TYPES, BlobStatus
-from function_app.emulator.faults import FaultSpec
-from function_app.emulator.server import EmulatorServer
-from function_app.lake.duckdb_lake import LocalLake
-from function_app.localrun import collect
 from function_app.o365.auth import StaticTokenProvider
 from tests.flows.conftest import AUDITLAKE, REPO, collect_env
 

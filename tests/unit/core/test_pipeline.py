@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from auditlake.lake.duckdb_lake import LocalLake
+from auditlake.state.local import LocalStateStore
 from function_app.compose import build_rows
 from function_app.core.model import BlobStatus
 from function_app.core.pipeline import Pipeline
 from function_app.core.windows import PlanningRules
-from function_app.lake.duckdb_lake import LocalLake
-from function_app.state.local import LocalStateStore
 from tests.fakes import FakeApi, FakeClock
 
 T = "11111111-2222-3333-4444-555555555555"

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from auditlake.lake.duckdb_lake import LocalLake
+from auditlake.state.local import LocalStateStore
 from function_app.core.collector import Planner, PlanRequest
 from function_app.core.errors import ThrottledError
 from function_app.core.model import ContentBlob, FetchedContent
 from function_app.core.windows import PlanningRules
-from function_app.lake.duckdb_lake import LocalLake
 from function_app.o365.retry import RetryPolicy
-from function_app.state.local import LocalStateStore
 from tests.fakes import FakeApi, FakeClock
 
 T = "11111111-2222-3333-4444-555555555555"

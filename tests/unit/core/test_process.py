@@ -11,13 +11,13 @@ from typing import Any
 
 import orjson
 
+from auditlake.lake.duckdb_lake import LocalLake
+from auditlake.state.local import LocalStateStore
 from function_app.compose import build_rows
 from function_app.core.errors import ContentExpiredError, MalformedContentError
 from function_app.core.model import BlobStatus, ContentBlob, FetchedContent
 from function_app.core.process import BlobOutcome, process_blob
-from function_app.lake.duckdb_lake import LocalLake
 from function_app.records.reader import parse_content
-from function_app.state.local import LocalStateStore
 from tests.fakes import FakeClock
 
 T = "11111111-2222-3333-4444-555555555555"

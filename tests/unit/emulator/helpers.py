@@ -12,8 +12,8 @@ import aiohttp
 import orjson
 
 import tests.fakes
+from auditlake.emulator import EmulatorServer
 from function_app.core.model import CONTENT_TYPES, iso_z
-from function_app.emulator import EmulatorServer
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 TENANT = "5b2c3c1e-1111-4a4a-9a9a-0123456789ab"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from function_app.emulator.faults import (
+from auditlake.emulator.faults import (
     OVERSIZE_BYTES,
     PAGE_HEADER_SPELLINGS,
     FaultInjector,
@@ -17,7 +17,7 @@ from function_app.emulator.faults import (
     malformed_body,
     oversize_body,
 )
-from function_app.emulator.tenant import SyntheticTenant
+from auditlake.emulator.tenant import SyntheticTenant
 from tests.unit.emulator.helpers import NOW, TENANT
 
 FULL = (

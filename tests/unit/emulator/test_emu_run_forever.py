@@ -13,7 +13,7 @@ import pytest
 from tests.unit.emulator.helpers import TENANT
 
 SCRIPT = (
-    "from function_app.emulator.server import run_forever; "
+    "from auditlake.emulator.server import run_forever; "
     f"run_forever('127.0.0.1', 0, ['{TENANT}'], 3, 2, 50, 'quiet', 'shuffle', None)"
 )
 

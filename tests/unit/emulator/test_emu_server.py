@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 import pytest
 
+from auditlake.emulator import EmulatorServer
+from auditlake.emulator.server import LATE_HORIZON
 from function_app.core.model import CONTENT_TYPES, iso_z
-from function_app.emulator import EmulatorServer
-from function_app.emulator.server import LATE_HORIZON
 from function_app.records.reader import RecoveredRecord, parse_content
 from tests.unit.emulator.helpers import NOW, PUBLISHER, TENANT, Api, FakeClock, Reply, run, windows
 

@@ -12,9 +12,9 @@ import aiohttp
 import orjson
 import pytest
 
-from function_app.emulator import EmulatorServer
-from function_app.emulator.faults import OVERSIZE_BYTES, malformed_body
-from function_app.emulator.server import DUP_REACH, RETRY_AFTER_SECONDS
+from auditlake.emulator import EmulatorServer
+from auditlake.emulator.faults import OVERSIZE_BYTES, malformed_body
+from auditlake.emulator.server import DUP_REACH, RETRY_AFTER_SECONDS
 from tests.unit.emulator.helpers import NOW, Api, run
 
 EX = "Audit.Exchange"

@@ -10,11 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
+from auditlake.emulator import FaultSpec, SyntheticTenant
+from auditlake.emulator.faults import apply_blob_faults, cutoff_body
+from auditlake.emulator.incident import record_key
+from auditlake.emulator.synth import APP_SIGNUP
 from function_app.core.model import CONTENT_TYPES
-from function_app.emulator import FaultSpec, SyntheticTenant
-from function_app.emulator.faults import apply_blob_faults, cutoff_body
-from function_app.emulator.incident import record_key
-from function_app.emulator.synth import APP_SIGNUP
 from tests.unit.emulator.helpers import NOW, TENANT
 
 COMMON = ("Id", "RecordType", "CreationTime", "Operation", "OrganizationId", "UserType", "UserKey", "Workload",

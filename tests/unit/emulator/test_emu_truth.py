@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import pytest
 
-from function_app.emulator import EmulatorServer, FaultSpec, SyntheticTenant
-from function_app.emulator.faults import (
+from auditlake.emulator import EmulatorServer, FaultSpec, SyntheticTenant
+from auditlake.emulator.faults import (
     HOSTILE_DEPTH,
     HUGE_STRING_CHARS,
     apply_blob_faults,
@@ -26,8 +26,8 @@ from function_app.emulator.faults import (
     malformed_corruption,
     record_spans,
 )
-from function_app.emulator.incident import RecordKey, record_key
-from function_app.emulator.tenant import EmulatedBlob
+from auditlake.emulator.incident import RecordKey, record_key
+from auditlake.emulator.tenant import EmulatedBlob
 from function_app.records.reader import RecoveredRecord, parse_content
 from tests.unit.emulator.helpers import NOW, TENANT, Api, run
 

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
+from auditlake.lake.duckdb_lake import LocalLake, insert_blobs, to_arrow
+from auditlake.state.local import LocalStateStore
 from function_app.core.model import BlobStatus, ContentBlob
-from function_app.lake.duckdb_lake import LocalLake, insert_blobs, to_arrow
 from function_app.lake.schema import AUDIT_RECORD, CONTENT_LEDGER
 from function_app.records.flatten import BlobContext
 from function_app.records.tables import flatten_tables
-from function_app.state.local import LocalStateStore
 
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 

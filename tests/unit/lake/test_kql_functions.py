@@ -1,19 +1,22 @@
-"""Every file of infra/kql/functions is one ADX command that the local lake can run too."""
+"""Every file of the KQL library (auditlake/kql/functions, package data) is one ADX command that the
+local lake can run too."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from function_app.cli import CliError, run_kql
-from function_app.lake.kql_functions import (
-    FUNCTIONS_DIR,
+from auditlake.cli import CliError, run_kql
+from auditlake.lake.kql_functions import (
+    LIBRARY,
     VIEW_TABLES,
     KqlFunctionsError,
+    library_files,
     load_functions,
     local_definitions,
     needed,
@@ -21,7 +24,12 @@ from function_app.lake.kql_functions import (
 )
 from function_app.lake.schema import TABLES, duckdb_ddl
 
-FILES = sorted(FUNCTIONS_DIR.glob("*.kql"))
+FILES = library_files()
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _stem(path: Traversable) -> str:
+    return path.name.removesuffix(".kql")
 
 # The library of issue 5: the names are a contract with the people who call them.
 EXPECTED = {
@@ -44,8 +52,22 @@ def test_the_library_is_the_contract() -> None:
     assert {f.name for f in load_functions()} == EXPECTED
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
-def test_each_file_is_one_create_or_alter_function_command(path: Path) -> None:
+def test_the_library_the_cli_loads_is_the_one_bicep_deploys() -> None:
+    # One copy of each function: `auditlake query` reads the package data, adx-database.bicep
+    # loads the same files into ADX.
+    bicep = REPO / "infra" / "modules" / "adx-database.bicep"
+    loaded = [(bicep.parent / m).resolve()
+              for m in re.findall(r"loadTextContent\('([^']+)'\)", bicep.read_text(encoding="utf-8"))]
+    source = REPO / "auditlake" / "kql" / "functions"
+    deployed = {p.name: p for p in loaded if p.parent == source}
+    assert sorted(deployed) == [p.name for p in FILES]
+    for path in FILES:
+        assert path.read_text(encoding="utf-8") == deployed[path.name].read_text(encoding="utf-8"), path.name
+    assert LIBRARY.is_dir()
+
+
+@pytest.mark.parametrize("path", FILES, ids=[_stem(p) for p in FILES])
+def test_each_file_is_one_create_or_alter_function_command(path: Traversable) -> None:
     text = path.read_text(encoding="utf-8")
     # ADX runs each file as a database script: the command comes first (comments live in the
     # body), and a blank line would end the command there.
@@ -53,17 +75,17 @@ def test_each_file_is_one_create_or_alter_function_command(path: Path) -> None:
     assert "\n\n" not in text.strip()
     assert len(re.findall(r"^\.", text, re.MULTILINE)) == 1
     function = parse_command(text, path.name)
-    assert function.name == path.stem
+    assert function.name == _stem(path)
     assert function.properties["folder"] == "AuditLake"
     assert len(function.properties["docstring"]) > 20
     assert function.properties.get("skipvalidation") == "false"
-    assert function.definition.startswith(f"function {path.stem}(")
+    assert function.definition.startswith(f"function {_stem(path)}(")
     assert function.definition.endswith("}")
 
 
-@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
-def test_each_function_runs_on_an_empty_lake(path: Path, empty_lake: duckdb.DuckDBPyConnection) -> None:
-    columns, _, rows = run_kql(empty_lake, path.stem)
+@pytest.mark.parametrize("path", FILES, ids=[_stem(p) for p in FILES])
+def test_each_function_runs_on_an_empty_lake(path: Traversable, empty_lake: duckdb.DuckDBPyConnection) -> None:
+    columns, _, rows = run_kql(empty_lake, _stem(path))
     assert columns and rows == []
 
 
@@ -124,7 +146,7 @@ def test_parse_command_refuses_anything_else(text: str, message: str) -> None:
 
 
 def test_a_missing_library_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(KqlFunctionsError, match=r"infra/kql/functions .* from a checkout"):
+    with pytest.raises(KqlFunctionsError, match=r"package data of auditlake"):
         load_functions(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(KqlFunctionsError, match=r"no \.kql file"):

@@ -13,17 +13,17 @@ from typing import Any
 import duckdb
 import pytest
 
-from function_app.core.errors import StoreUnavailableError
-from function_app.core.model import BlobStatus, ContentBlob
-from function_app.lake.duckdb_lake import (
+from auditlake.lake.duckdb_lake import (
     LakeCause,
     LakeUnavailableError,
     LocalLake,
     insert_tables,
 )
+from auditlake.state.local import LocalStateStore
+from function_app.core.errors import StoreUnavailableError
+from function_app.core.model import BlobStatus, ContentBlob
 from function_app.records.flatten import BlobContext
 from function_app.records.tables import flatten_tables
-from function_app.state.local import LocalStateStore
 
 T0 = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
 DISK_FULL_AT_COMMIT = ('TransactionContext Error: Failed to commit: Could not write file "{wal}": '
@@ -278,7 +278,7 @@ def test_a_value_too_large_for_any_headroom_fails_its_own_blob_and_the_lake_goes
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # No headroom at all: a 60 MB JSON value does not fit the 512 MB the lake allows DuckDB.
-    monkeypatch.setattr("function_app.lake.duckdb_lake.VALUE_HEADROOM", 0)
+    monkeypatch.setattr("auditlake.lake.duckdb_lake.VALUE_HEADROOM", 0)
     lake = LocalLake(tmp_path / "l.duckdb")
     blobs = [blob(f"b{i}") for i in range(3)]
 

@@ -27,9 +27,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from auditlake.lake.duckdb_lake import LocalLake
 from function_app.core.model import ContentBlob
 from function_app.lake.adx import to_json_lines
-from function_app.lake.duckdb_lake import LocalLake
 from function_app.lake.schema import AUDIT_RECORD, TABLES_BY_NAME, Table
 from function_app.records.flatten import BlobContext
 from function_app.records.reader import ParsedContent, RecoveredRecord, parse_content

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from function_app.lake.duckdb_lake import to_arrow
+from auditlake.lake.duckdb_lake import to_arrow
 from function_app.lake.schema import RECORD_TABLES, TABLES_BY_NAME
 from function_app.records.derived import BUILDERS
 from function_app.records.flatten import flatten_record

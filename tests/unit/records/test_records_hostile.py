@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
+from auditlake.lake.duckdb_lake import to_arrow
 from function_app.lake.adx import to_json_lines
 from function_app.lake.cells import MAX_FALLBACK_CHARS, repaired_row
-from function_app.lake.duckdb_lake import to_arrow
 from function_app.lake.schema import TABLES_BY_NAME
 from function_app.records.flatten import MAX_EMBEDDED_CHARS, MAX_EMBEDDED_DEPTH, BlobContext
 from function_app.records.reader import RecoveredRecord, parse_content, read_records

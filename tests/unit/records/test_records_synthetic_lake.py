@@ -6,12 +6,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from auditlake.emulator.server import EmulatorServer
+from auditlake.lake.duckdb_lake import LocalLake
+from auditlake.localrun import collect
 from function_app.config import Settings
 from function_app.core.model import CONTENT_TYPES
-from function_app.emulator.server import EmulatorServer
-from function_app.lake.duckdb_lake import LocalLake
 from function_app.lake.schema import TABLES
-from function_app.localrun import collect
 from function_app.o365.auth import StaticTokenProvider
 
 TENANT = "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a9f"

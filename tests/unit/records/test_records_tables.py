@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from function_app.cli import main
+from auditlake.cli import main
+from auditlake.lake.duckdb_lake import LocalLake
 from function_app.compose import build_rows
 from function_app.core.model import ContentBlob
-from function_app.lake.duckdb_lake import LocalLake
 from function_app.lake.schema import RECORD_TABLES, TABLES_BY_NAME
 from function_app.records import tables
 from function_app.records.flatten import BlobContext

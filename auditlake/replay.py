@@ -117,7 +117,7 @@ async def replay_local(
     Expired blobs settle as ``expired`` (process_blob's rule); blobs that fail again keep
     ``failed`` with the new error.
     """
-    from function_app.lake.duckdb_lake import LocalLake
+    from auditlake.lake.duckdb_lake import LocalLake
 
     path = Path(lake_path)
     if not path.exists():

@@ -8,12 +8,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from auditlake.lake.duckdb_lake import LocalLake
 from function_app.compose import AdxTarget, feeds_of, open_parts, utcnow
 from function_app.config import Settings
 from function_app.core.model import BlobStatus
 from function_app.core.pipeline import CollectReport, Pipeline
 from function_app.core.process import BlobOutcome
-from function_app.lake.duckdb_lake import LocalLake
 from function_app.o365.auth import TokenProvider
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import duckdb
 
-from function_app.lake.duckdb_lake import naive_utc
+from auditlake.lake.duckdb_lake import naive_utc
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from function_app.compose import AdxTarget
-from function_app.config import Settings, SettingsError, is_guid, parse_content_types
+from function_app.config import Settings, SettingsError, adx_insecure_http_allowed, is_guid, parse_content_types
 from function_app.core.model import CONTENT_TYPES, BlobStatus
 from function_app.logredact import install_log_redaction
 
@@ -76,11 +76,11 @@ def iso_z(dt: datetime) -> str:
 def run_kql(con: Any, text: str) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
     """(column names, DuckDB type names, rows) of a KQL query on a lake connection.
 
-    The functions of infra/kql/functions are callable by name, as they are on ADX.
+    The functions of the KQL library (auditlake/kql/functions) are callable by name, as they are on ADX.
     """
     import duckdb_kql
 
-    from function_app.lake.kql_functions import KqlFunctionsError, register_functions
+    from auditlake.lake.kql_functions import KqlFunctionsError, register_functions
 
     try:
         register_functions(text)
@@ -148,7 +148,7 @@ def _text(value: Any) -> str:
 def cmd_query(args: argparse.Namespace) -> int:
     import duckdb
 
-    from function_app.lake.duckdb_lake import LakeUnavailableError, LocalLake, lake_failure
+    from auditlake.lake.duckdb_lake import LakeUnavailableError, LocalLake, lake_failure
 
     try:
         lake = LocalLake(args.lake, read_only=True)
@@ -209,8 +209,8 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_emulator(args: argparse.Namespace) -> int:
-    from function_app.emulator.faults import FaultSpec
-    from function_app.emulator.server import run_forever
+    from auditlake.emulator.faults import FaultSpec
+    from auditlake.emulator.server import run_forever
 
     try:
         faults = FaultSpec.parse(args.faults or "")
@@ -268,7 +268,7 @@ def print_summary(con: Any, since: datetime, out: Any = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from function_app.lake.report import problem_blobs, summarise
+    from auditlake.lake.report import problem_blobs, summarise
 
     console = Console(file=out or sys.stdout, width=200)
     table = Table(title="collected (this run)")
@@ -310,7 +310,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def lake_error_line(exc: Any, command: str) -> str:
     """One line for a LakeUnavailableError: what failed, why, and what to do about it."""
-    from function_app.lake.duckdb_lake import LakeCause
+    from auditlake.lake.duckdb_lake import LakeCause
 
     cause = exc.cause
     if cause in (LakeCause.NOT_A_LAKE, LakeCause.DAMAGED):
@@ -339,7 +339,11 @@ def _adx_target(args: argparse.Namespace) -> AdxTarget | None:
         raise UsageError(f"--adx-ingest-uri: not a cluster URL (https://ingest-<cluster>.<region>.kusto.windows.net): "
                          f"{args.adx_ingest_uri!r}")
     if uri.startswith("http://"):
-        if os.environ.get("ADX_ALLOW_INSECURE_HTTP", "").strip().lower() not in ("1", "true", "yes", "on"):
+        try:
+            allowed = adx_insecure_http_allowed(os.environ)
+        except SettingsError as exc:
+            raise CliError(str(exc)) from None
+        if not allowed:
             raise UsageError(f"--adx-ingest-uri {uri} is plain http: no authentication, for a local test endpoint "
                              "only; set ADX_ALLOW_INSECURE_HTTP=true to allow it")
         log.warning("ADX at %s over plain http: no authentication (ADX_ALLOW_INSECURE_HTTP is set)", uri)
@@ -347,8 +351,8 @@ def _adx_target(args: argparse.Namespace) -> AdxTarget | None:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from function_app.lake.duckdb_lake import LakeUnavailableError, LocalLake
-    from function_app.localrun import Progress, collect
+    from auditlake.lake.duckdb_lake import LakeUnavailableError, LocalLake
+    from auditlake.localrun import Progress, collect
 
     settings = _settings(args)
     if not (args.tenant_id or settings.tenants):
@@ -440,7 +444,7 @@ def _prepare_demo_lake(path: Path) -> None:
     """The demo starts from an empty lake; it only ever replaces a lake the demo made."""
     if not path.exists():
         return
-    from function_app.lake.duckdb_lake import LocalLake
+    from auditlake.lake.duckdb_lake import LocalLake
 
     try:
         lake = LocalLake(path, read_only=True)
@@ -457,10 +461,10 @@ def _prepare_demo_lake(path: Path) -> None:
 
 
 async def _demo(args: argparse.Namespace, lake_path: Path) -> int:
-    from function_app.emulator.faults import FaultSpec
-    from function_app.emulator.server import EmulatorServer
-    from function_app.lake.duckdb_lake import LocalLake
-    from function_app.localrun import Progress, collect
+    from auditlake.emulator.faults import FaultSpec
+    from auditlake.emulator.server import EmulatorServer
+    from auditlake.lake.duckdb_lake import LocalLake
+    from auditlake.localrun import Progress, collect
     from function_app.o365.auth import StaticTokenProvider
 
     print(f"Starting the Management Activity API emulator: tenant {DEMO_TENANT}, {args.days} days, "
@@ -498,7 +502,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.verbose:
         # The summary names every failed or expired blob; keep the log to what goes wrong.
         logging.getLogger().setLevel(logging.ERROR)
-    from function_app.lake.duckdb_lake import LakeUnavailableError
+    from auditlake.lake.duckdb_lake import LakeUnavailableError
 
     lake_path = Path(args.lake)
     _prepare_demo_lake(lake_path)
@@ -509,8 +513,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from function_app.lake.duckdb_lake import LakeUnavailableError
-    from function_app.replay import replay
+    from auditlake.lake.duckdb_lake import LakeUnavailableError
+    from auditlake.replay import replay
 
     settings = _settings(args)
     try:

@@ -4,7 +4,7 @@ It follows the documented contract and the observed behaviour collected in the r
 notes: bearer token, GUID tenant in the path, subscriptions that must be started, listing
 windows of at most 24 h starting no more than 7 days back, ``startTime <= contentCreated <
 endTime`` filtered by the server's clock, ``NextPageUri`` paging, the AF error codes with the
-service's own messages, and optional fault injection (:mod:`function_app.emulator.faults`).
+service's own messages, and optional fault injection (:mod:`auditlake.emulator.faults`).
 
 A control plane under ``/_emulator/`` (no auth, never faulted) exposes the ground truth,
 request statistics and the scripted incident for tests.
@@ -30,8 +30,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from function_app.core.model import CONTENT_TYPES, iso_z, utc
-from function_app.emulator.faults import (
+from auditlake.emulator.faults import (
     FaultInjector,
     FaultSpec,
     apply_blob_faults,
@@ -40,7 +39,8 @@ from function_app.emulator.faults import (
     oversize_body,
     stable_seed,
 )
-from function_app.emulator.tenant import RETENTION, EmulatedBlob, SyntheticTenant
+from auditlake.emulator.tenant import RETENTION, EmulatedBlob, SyntheticTenant
+from function_app.core.model import CONTENT_TYPES, iso_z, utc
 
 log = logging.getLogger(__name__)
 

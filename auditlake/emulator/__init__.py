@@ -1,9 +1,9 @@
 """The Management Activity API emulator: synthetic tenants, fault injection and an aiohttp server."""
 
-from function_app.emulator.faults import FaultSpec
-from function_app.emulator.incident import Incident
-from function_app.emulator.server import EmulatorServer, EmulatorState, build_app, run_forever
-from function_app.emulator.tenant import EmulatedBlob, SyntheticTenant
+from auditlake.emulator.faults import FaultSpec
+from auditlake.emulator.incident import Incident
+from auditlake.emulator.server import EmulatorServer, EmulatorState, build_app, run_forever
+from auditlake.emulator.tenant import EmulatedBlob, SyntheticTenant
 
 __all__ = [
     "EmulatedBlob",

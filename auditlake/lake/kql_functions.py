@@ -1,9 +1,11 @@
-"""The KQL function library of ``infra/kql/functions``, made callable on the local lake.
+"""The KQL function library (``auditlake/kql/functions``), made callable on the local lake.
 
-Each ``.kql`` file there is one ADX command, ``.create-or-alter function with (folder=...,
-docstring=..., ...) Name(params) { body }``, deployed as is by Bicep. Here it becomes
-``function Name(params) { body }`` and is registered with duckdb-kql, so ``auditlake query``
-answers ``MessagesRead("185.220.100.7")`` with the same body ADX runs.
+The library ships as package data of ``auditlake`` and is read with ``importlib.resources``, so an
+installed ``auditlake`` finds it without a checkout. Each ``.kql`` file there is one ADX command,
+``.create-or-alter function with (folder=..., docstring=..., ...) Name(params) { body }``, deployed
+as is by Bicep. Here it becomes ``function Name(params) { body }`` and is registered with
+duckdb-kql, so ``auditlake query`` answers ``MessagesRead("185.220.100.7")`` with the same body ADX
+runs.
 
 The bodies read the de-duplicated data under the ADX names: the materialized views
 ``AuditRecordDedup``, ``MailItemAccessDedup``, ``DirectoryChangeDedup``, ``SignInDedup`` (the raw
@@ -23,7 +25,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from typing import TYPE_CHECKING
 
 from function_app.lake.schema import TABLES
@@ -31,8 +34,8 @@ from function_app.lake.schema import TABLES
 if TYPE_CHECKING:
     from duckdb_kql.stored_functions import ResolvedFunctions, StoredFunction
 
-FUNCTIONS_DIR = Path(__file__).resolve().parents[2] / "infra" / "kql" / "functions"
-"""Where the library lives in the source tree (the package is installed from a checkout)."""
+LIBRARY: Traversable = files("auditlake") / "kql" / "functions"
+"""The library, package data of ``auditlake`` (Bicep deploys the same files to ADX)."""
 
 VIEW_TABLES: dict[str, str] = {t.view_name: t.name for t in TABLES if t.view_name}
 """ADX materialized view -> the local table that already holds what the view computes."""
@@ -156,29 +159,47 @@ def _properties(text: str, source: str) -> dict[str, str]:
     return out
 
 
-def load_functions(directory: Path | None = None) -> tuple[KqlFunction, ...]:
-    """Every function of the library in *directory* (default ``FUNCTIONS_DIR``), by file name."""
-    directory = directory or FUNCTIONS_DIR
+def library_files(directory: Traversable = LIBRARY) -> list[Traversable]:
+    """The ``.kql`` files of the library in *directory* (default ``LIBRARY``), by file name."""
     if not directory.is_dir():
         raise KqlFunctionsError(
-            f"the KQL function library is not at {directory}: it ships in infra/kql/functions of the AuditLake "
-            "source tree, so run auditlake from a checkout (pip install -e .)"
+            f"the KQL function library is not at {directory}: it ships as package data of auditlake "
+            "(auditlake/kql/functions), so reinstall the package (pip install .)"
         )
-    functions = tuple(parse_command(p.read_text(encoding="utf-8"), p.name) for p in sorted(directory.glob("*.kql")))
-    if not functions:
-        raise KqlFunctionsError(f"no .kql file in {directory}")
-    names = [f.name for f in functions]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise KqlFunctionsError(f"{directory}: functions defined twice: {', '.join(duplicated)}")
-    return functions
+    return sorted((p for p in directory.iterdir() if p.name.endswith(".kql") and p.is_file()), key=lambda p: p.name)
+
+
+def _sources(directory: Traversable) -> tuple[tuple[str, str], ...]:
+    """(file name, text) of every file of the library: what the caches below are keyed by."""
+    return tuple((p.name, p.read_text(encoding="utf-8")) for p in library_files(directory))
+
+
+def load_functions(directory: Traversable = LIBRARY) -> tuple[KqlFunction, ...]:
+    """Every function of the library in *directory* (default ``LIBRARY``), by file name."""
+    return _load(_sources(directory), str(directory))
 
 
 @cache
-def local_definitions(directory: Path = FUNCTIONS_DIR) -> dict[str, str]:
+def _load(sources: tuple[tuple[str, str], ...], where: str) -> tuple[KqlFunction, ...]:
+    functions = tuple(parse_command(text, name) for name, text in sources)
+    if not functions:
+        raise KqlFunctionsError(f"no .kql file in {where}")
+    names = [f.name for f in functions]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise KqlFunctionsError(f"{where}: functions defined twice: {', '.join(duplicated)}")
+    return functions
+
+
+def local_definitions(directory: Traversable = LIBRARY) -> dict[str, str]:
     """Name -> ``function Name(params) { body }`` for the library plus the local view stand-ins."""
+    return dict(_definitions(_sources(directory), str(directory)))
+
+
+@cache
+def _definitions(sources: tuple[tuple[str, str], ...], where: str) -> dict[str, str]:
     out = {view: f"function {view}() {{ {table} }}" for view, table in VIEW_TABLES.items()}
-    for function in load_functions(directory):
+    for function in _load(sources, where):
         if function.name in out:
             raise KqlFunctionsError(f"{function.source}: {function.name} is the name of a materialized view")
         out[function.name] = function.definition
@@ -186,18 +207,18 @@ def local_definitions(directory: Path = FUNCTIONS_DIR) -> dict[str, str]:
 
 
 @cache
-def _parsed(directory: Path, name: str) -> StoredFunction:
+def _parsed(name: str, definition: str) -> StoredFunction:
     from duckdb_kql.stored_functions import parse_functions
 
     try:
-        parsed = parse_functions([local_definitions(directory)[name]])
+        parsed = parse_functions([definition])
     except ValueError as exc:
         raise KqlFunctionsError(f"{name}: duckdb-kql cannot load it: {exc}") from exc
     assert parsed is not None
     return parsed[None][name]
 
 
-def needed(query: str, directory: Path = FUNCTIONS_DIR) -> list[str]:
+def needed(query: str, directory: Traversable = LIBRARY) -> list[str]:
     """The library functions and view stand-ins *query* may call, directly or through another's body."""
     definitions = local_definitions(directory)
     found: list[str] = []
@@ -210,9 +231,10 @@ def needed(query: str, directory: Path = FUNCTIONS_DIR) -> list[str]:
     return sorted(found)
 
 
-def register_functions(query: str, directory: Path = FUNCTIONS_DIR) -> None:
+def register_functions(query: str, directory: Traversable = LIBRARY) -> None:
     """Make every function *query* names callable by duckdb-kql (process-wide: ``set_functions``)."""
     import duckdb_kql
 
-    registry: ResolvedFunctions = {None: {name: _parsed(directory, name) for name in needed(query, directory)}}
+    definitions = local_definitions(directory)
+    registry: ResolvedFunctions = {None: {name: _parsed(name, definitions[name]) for name in needed(query, directory)}}
     duckdb_kql.set_functions(registry)

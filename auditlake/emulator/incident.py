@@ -14,8 +14,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from function_app.core.model import iso_z
-from function_app.emulator.synth import (
+from auditlake.emulator.synth import (
     APP_AAD_POWERSHELL,
     APP_OFFICE,
     APP_SIGNUP,
@@ -24,6 +23,7 @@ from function_app.emulator.synth import (
     modified,
     name_values,
 )
+from function_app.core.model import iso_z
 
 RecordKey = tuple[str, int, str]
 

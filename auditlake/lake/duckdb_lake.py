@@ -53,7 +53,7 @@ from function_app.lake.cells import repaired_row
 from function_app.lake.schema import TABLES, TABLES_BY_NAME, Kind, Table, duckdb_ddl, duckdb_insert
 
 if TYPE_CHECKING:
-    from function_app.state.local import LocalStateStore
+    from auditlake.state.local import LocalStateStore
 
 T = TypeVar("T")
 
@@ -613,7 +613,7 @@ class LocalLake:
 
     def state_store(self) -> LocalStateStore:
         """The ledger, checkpoints and runs kept in this lake."""
-        from function_app.state.local import LocalStateStore
+        from auditlake.state.local import LocalStateStore
 
         return LocalStateStore(self)
 

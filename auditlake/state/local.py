@@ -14,8 +14,8 @@ import duckdb
 import orjson
 import pyarrow as pa
 
+from auditlake.lake.duckdb_lake import LocalLake, insert_tables, naive_utc
 from function_app.core.model import BlobStatus, Checkpoint, ContentBlob, RunStats, utc
-from function_app.lake.duckdb_lake import LocalLake, insert_tables, naive_utc
 from function_app.lake.schema import CONTENT_LEDGER
 
 

@@ -27,10 +27,10 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 
+from auditlake.emulator.faults import AddedRecords, Delivery, delivery, stable_seed
+from auditlake.emulator.incident import Incident, RecordKey, record_key, script_incident
+from auditlake.emulator.synth import Record, RecordFactory, World
 from function_app.core.model import CONTENT_TYPES, utc
-from function_app.emulator.faults import AddedRecords, Delivery, delivery, stable_seed
-from function_app.emulator.incident import Incident, RecordKey, record_key, script_incident
-from function_app.emulator.synth import Record, RecordFactory, World
 
 log = logging.getLogger(__name__)
 

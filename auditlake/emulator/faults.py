@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
-from function_app.emulator.incident import RecordKey
+from auditlake.emulator.incident import RecordKey
 
 if TYPE_CHECKING:
-    from function_app.emulator.tenant import EmulatedBlob, SyntheticTenant
+    from auditlake.emulator.tenant import EmulatedBlob, SyntheticTenant
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Checkpoint and ledger stores kept in the local lake."""
