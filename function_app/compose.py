@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from function_app.config import AzureSettings, Settings, TenantConfig
-from function_app.core.budget import MemoryBudget
+from function_app.core.budget import BLOB_MEMORY_FACTOR, LAKE_BLOB_MEMORY_FACTOR, MemoryBudget
 from function_app.core.delivery import TenantApi
 from function_app.core.errors import UntrustedMessageError
 from function_app.core.model import CONTENT_TYPES, ContentBlob, FetchedContent
@@ -156,7 +156,7 @@ class Parts:
 
 async def _open_clients(
     settings: Settings, feeds: Sequence[TenantConfig], stack: AsyncExitStack, *, keep_body: bool,
-    tokens: TokenProvider | None, env: Mapping[str, str],
+    memory_factor: int, tokens: TokenProvider | None, env: Mapping[str, str],
 ) -> TenantRouter:
     connector = aiohttp.TCPConnector(limit=max(16, settings.concurrency * 2))
     session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
@@ -179,7 +179,7 @@ async def _open_clients(
                 retry=RetryPolicy(max_attempts=settings.retry_attempts, base_delay=settings.retry_base,
                                   max_delay=settings.retry_max),
                 timeout=settings.http_timeout, max_blob_bytes=settings.max_blob_bytes,
-                keep_body=keep_body, memory=memory,
+                keep_body=keep_body, memory=memory, memory_factor=memory_factor,
             )
             clients[root] = client
         apis[tenant.tenant_id] = TenantApi(client, client.api_root)
@@ -236,7 +236,9 @@ async def open_parts(
         raise ValueError("a run keeps its state in the local lake or in Azure, exactly one")
     chosen = tuple(feeds if feeds is not None else settings.tenants)
     async with AsyncExitStack() as stack:
+        into_lake = adx is None and azure is None
         router = await _open_clients(settings, chosen, stack, keep_body=keep_body or azure is not None,
+                                     memory_factor=LAKE_BLOB_MEMORY_FACTOR if into_lake else BLOB_MEMORY_FACTOR,
                                      tokens=tokens, env=env if env is not None else os.environ)
         queue: ContentQueue | None = None
         deadletter: DeadLetterStore | None = None

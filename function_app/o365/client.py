@@ -72,6 +72,7 @@ class ManagementApiClient:
         max_blob_bytes: int | None = None,
         keep_body: bool = False,
         memory: MemoryBudget | None = None,
+        memory_factor: int = BLOB_MEMORY_FACTOR,
     ) -> None:
         if not publisher_id.strip():
             raise ValueError("publisher_id must be the publisher's tenant GUID, not empty")
@@ -90,6 +91,7 @@ class ManagementApiClient:
         # the Azure path needs the exact bytes (for the dead letter of a blob that fails later).
         self._keep_body = keep_body
         self._memory = memory
+        self._memory_factor = memory_factor
 
     @property
     def api_root(self) -> str:
@@ -285,7 +287,7 @@ class ManagementApiClient:
             return NO_RESERVATION
         # Without a Content-Length the body may be as large as the cap allows.
         expected = content_length if content_length is not None else (limit or self._memory.limit)
-        return await self._memory.reserve(BLOB_MEMORY_FACTOR * expected)
+        return await self._memory.reserve(self._memory_factor * expected)
 
     def _parsed(self, body: bytes | bytearray, url: URL, tenant_id: str, reservation: Reservation) -> FetchedContent:
         content = parse_content(body)
