@@ -189,13 +189,13 @@ async def _open_clients(
 def _adx_sink(target: AdxTarget, stack: AsyncExitStack) -> Sink:
     from function_app.lake.adx import AdxSink
 
+    # A user-assigned identity must be named; without one AdxSink takes the default chain (CLI,
+    # environment...), and a plain-http endpoint no token at all.
     credential = None
-    if not target.ingest_uri.startswith("http://"):
-        from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+    if target.client_id and not target.ingest_uri.startswith("http://"):
+        from azure.identity import ManagedIdentityCredential
 
-        # A user-assigned identity must be named; otherwise the default chain (CLI, environment...).
-        credential = (ManagedIdentityCredential(client_id=target.client_id) if target.client_id
-                      else DefaultAzureCredential())
+        credential = ManagedIdentityCredential(client_id=target.client_id)
     sink = AdxSink.create(target.ingest_uri, target.database, credential, engine_uri=target.engine_uri,
                           streaming=target.streaming)
 

@@ -145,11 +145,10 @@ def _lenient(body: bytes | bytearray, problem: str) -> ParsedContent:
     if pos >= len(text):
         return ParsedContent([], complete=False, problem=f"empty body ({problem})")
     if text[pos] != "[":
+        # Not an array (a JSON array starts with "["): say what it is, or that it is not JSON at all.
         value, ok = _lenient_value(text.strip())
-        if ok and not isinstance(value, list):
-            return ParsedContent([], problem=problem, not_an_array=f"a JSON {type(value).__name__}, not an array")
         if ok:
-            return _safe_list(value, problem)
+            return ParsedContent([], problem=problem, not_an_array=f"a JSON {type(value).__name__}, not an array")
         return ParsedContent([], complete=False, problem=problem, not_an_array="not JSON")
     records: list[Any] = []
     recovered = 0
@@ -187,11 +186,6 @@ def _lenient(body: bytes | bytearray, problem: str) -> ParsedContent:
         records.append(_unreadable(tail, "after-array", ValueError("content after the closing bracket")))
         recovered += 1
     return ParsedContent(records, recovered=recovered, problem=problem)
-
-
-def _safe_list(values: list[Any], problem: str) -> ParsedContent:
-    records = [RecoveredRecord(_safe(v), "", "lenient-json", problem, 0) for v in values]
-    return ParsedContent(records, recovered=len(records), problem=problem)
 
 
 def _strict_or_recovered(raw: str, lenient_value: Any) -> Any:

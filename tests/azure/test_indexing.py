@@ -105,8 +105,8 @@ def _worker_env(**extra: str) -> dict[str, str]:
 
 
 # What the worker does with PYTHON_SCRIPT_FILE_NAME: import that file from the app root and
-# index the one FunctionApp in it.
-_LOADER = """
+# find the one FunctionApp in it (``apps[0]``); scripts append what they report about it.
+LOAD_APP = """
 import importlib.util, json, os, sys
 from azure.functions.decorators.function_app import FunctionRegister
 path = os.path.join(os.getcwd(), os.environ["PYTHON_SCRIPT_FILE_NAME"])
@@ -116,7 +116,8 @@ sys.modules["main"] = module
 spec.loader.exec_module(module)
 apps = [v for v in vars(module).values() if isinstance(v, FunctionRegister)]
 assert len(apps) == 1, apps
-print(json.dumps(sorted(f.get_function_name() for f in apps[0].get_functions())))
+"""
+_LOADER = LOAD_APP + """print(json.dumps(sorted(f.get_function_name() for f in apps[0].get_functions())))
 """
 
 

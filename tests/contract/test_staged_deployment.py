@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from tests.azure.conftest import indexed_functions
-from tests.azure.test_indexing import EXPECTED, _worker_env
+from tests.azure.test_indexing import EXPECTED, LOAD_APP, _worker_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -158,17 +158,8 @@ def deployment_venv(requirements: Path, config: pytest.Config) -> tuple[Path, fl
 # What the worker does with PYTHON_SCRIPT_FILE_NAME (as tests/azure/test_indexing.py's loader):
 # import that file from the app root and index the one FunctionApp in it; then report each
 # function's bindings, where the modules came from, and which local-only modules can be imported.
-PROBE = """
-import importlib.util, json, os, sys
-from azure.functions.decorators.function_app import FunctionRegister
-path = os.path.join(os.getcwd(), os.environ["PYTHON_SCRIPT_FILE_NAME"])
-spec = importlib.util.spec_from_file_location("main", path)
-module = importlib.util.module_from_spec(spec)
-sys.modules["main"] = module
-spec.loader.exec_module(module)
-apps = [v for v in vars(module).values() if isinstance(v, FunctionRegister)]
-assert len(apps) == 1, apps
-functions = {f.get_function_name(): [json.loads(b) for b in f.get_raw_bindings()] for f in apps[0].get_functions()}
+PROBE = LOAD_APP + """functions = {f.get_function_name(): [json.loads(b) for b in f.get_raw_bindings()]
+             for f in apps[0].get_functions()}
 loaded = sorted(n for n in sys.modules if n.split(".")[0] in LOCAL_ONLY)
 importable = []
 for name in LOCAL_ONLY:
