@@ -12,8 +12,11 @@ with the cached ``Runtime``. Delivery is at-least-once everywhere, so:
   off in transit, ADX or Storage errors) leaves the row ``queued`` with the error and raises,
   so the queue redelivers; after ``maxDequeueCount`` the host moves the message to the
   poison queue, whose trigger settles the row ``failed`` with the reason;
-* a failure a retry cannot fix (a malformed message, a foreign ``contentUri``, a blob that
-  is not a JSON array, a permanent API error) is settled ``failed`` at once and not retried.
+* a message that fails validation (malformed, a foreign ``contentUri``) is dead-lettered and
+  changes no ledger row: a message is anyone's to write, and the blob it names is re-enqueued
+  by the stale-row sweep if it is genuine;
+* a blob a retry cannot fix (not a JSON array, a body that never closes, a permanent API
+  error) is settled ``failed`` at once and not retried.
 
 Unusable raw content is kept in the dead-letter container either way, so it can be replayed
 after the API's copy expires.
