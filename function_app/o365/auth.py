@@ -3,18 +3,24 @@
 The app registration is multi-tenant: a token is requested from the authority of the tenant
 being collected, because the API refuses a token whose ``tid`` differs from the URL's tenant
 (AF20010). azure-identity caches tokens per credential and refreshes them before they expire.
+
+A token is asked for inside each attempt of an API call, so a token endpoint that cannot be
+reached (or answers 429/5xx) is retried by the client's one retry policy, like the API itself:
+``TokenUnavailableError`` is a RetryableError. A refusal (bad secret, missing consent) is a
+PermanentApiError at once, since no amount of waiting changes Entra ID's mind.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Mapping
+import ssl
+from collections.abc import Awaitable, Mapping
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
+import aiohttp
 from azure.core.credentials_async import AsyncTokenCredential
-from azure.core.exceptions import ClientAuthenticationError
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError, ServiceResponseError
 from azure.identity.aio import (
     CertificateCredential,
     ClientAssertionCredential,
@@ -23,13 +29,45 @@ from azure.identity.aio import (
     WorkloadIdentityCredential,
 )
 
-from function_app.core.errors import PermanentApiError
+from function_app.core.errors import PermanentApiError, RetryableError
+from function_app.logredact import redact
 from function_app.o365.clouds import Cloud
+from function_app.o365.errors import attach_retry_after
 
-log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The audience Entra ID expects on a token presented as a federated client assertion.
 TOKEN_EXCHANGE_AUDIENCE = "api://AzureADTokenExchange"
+
+# An Entra ID token request normally takes well under a second; azure-core's default of 300 s
+# per connect and per read would hold an attempt against a silent endpoint for ten minutes.
+TOKEN_TIMEOUT_SECONDS = 30.0
+
+# What the Entra ID credentials are built with. azure-core's own retry (up to 3 connection
+# retries with seconds of backoff, per token request) is switched off: the API client's retry
+# policy already repeats the whole attempt, token included, and two nested backoffs would
+# multiply the attempts and the wait. The managed identity credentials keep azure-identity's
+# defaults: their endpoint is local to the host, and IMDS has retry rules of its own (410 while
+# it upgrades) that azure-identity knows and we should not second-guess.
+_ENTRA_CREDENTIAL_OPTIONS: dict[str, Any] = {
+    "retry_total": 0,
+    "connection_timeout": TOKEN_TIMEOUT_SECONDS,
+    "read_timeout": TOKEN_TIMEOUT_SECONDS,
+}
+
+# Statuses of a token endpoint that say "later", not "no".
+_RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+_BAD_CERTIFICATE: tuple[type[BaseException], ...] = (
+    aiohttp.ClientConnectorCertificateError,
+    ssl.SSLCertVerificationError,
+)
+# A value this short is no real secret (tests use one letter); blanking it would garble the text.
+_MIN_SCRUBBED_SECRET = 8
+
+
+class TokenUnavailableError(RetryableError):
+    """The token endpoint could not be reached, timed out, or answered 429/5xx: retried with the
+    API call it was for, then reported as that call's (retryable) failure."""
 
 
 class TokenProvider(Protocol):
@@ -145,19 +183,27 @@ class AzureIdentityTokenProvider:
             self._credentials[key] = credential
         return credential
 
+    def token_endpoint(self, tenant_id: str) -> str:
+        """Where tokens for *tenant_id* are requested, as error messages name it."""
+        if self._kind is AuthKind.MANAGED_IDENTITY:
+            return "the managed identity endpoint"
+        return f"https://{self._cloud.authority_host}/{tenant_id}/oauth2/v2.0/token"
+
     def _build(self, tenant_id: str) -> AsyncTokenCredential:
         authority = self._cloud.authority_host
         client_id = self._client_id or ""
+        options = _ENTRA_CREDENTIAL_OPTIONS
         if self._kind is AuthKind.WORKLOAD_IDENTITY:
             return WorkloadIdentityCredential(
                 tenant_id=tenant_id,
                 client_id=client_id,
                 token_file_path=self._federated_token_file,
                 authority=authority,
+                **options,
             )
         if self._kind is AuthKind.FEDERATED_MANAGED_IDENTITY:
             return ClientAssertionCredential(
-                tenant_id, client_id, self._current_assertion, authority=authority
+                tenant_id, client_id, self._current_assertion, authority=authority, **options
             )
         if self._kind is AuthKind.CERTIFICATE:
             return CertificateCredential(
@@ -166,29 +212,58 @@ class AzureIdentityTokenProvider:
                 self._certificate_path,
                 password=self._certificate_password,
                 authority=authority,
+                **options,
             )
         if self._kind is AuthKind.CLIENT_SECRET:
             return ClientSecretCredential(
-                tenant_id, client_id, self._client_secret or "", authority=authority
+                tenant_id, client_id, self._client_secret or "", authority=authority, **options
             )
         return ManagedIdentityCredential(client_id=self._managed_identity_client_id)
 
     async def token(self, tenant_id: str) -> str:
-        """A token for *tenant_id*'s Management API; PermanentApiError if Entra ID refuses.
+        """A token for *tenant_id*'s Management API.
 
-        The error names the tenant and the credential kind, never a secret.
+        Raises TokenUnavailableError (retryable) when the token endpoint cannot be reached, times
+        out or answers 429/5xx, and PermanentApiError when Entra ID refuses. Either error is one
+        line naming the tenant, the credential kind and the endpoint, never a secret or a token.
         """
         credential = self.credential_for(tenant_id)
-        try:
-            if self._kind is AuthKind.FEDERATED_MANAGED_IDENTITY:
-                await self._refresh_assertion()
-            access = await credential.get_token(self.scope)
-        except ClientAuthenticationError as exc:
-            log.error("token request failed tenant_id=%s auth=%s", tenant_id, self._kind.value)
-            raise PermanentApiError(
-                f"no token for tenant {tenant_id} ({self._kind.value}): {exc.message}"
-            ) from exc
+        if self._kind is AuthKind.FEDERATED_MANAGED_IDENTITY:
+            await self._guarded(self._refresh_assertion(), tenant_id, "the managed identity endpoint")
+        access = await self._guarded(credential.get_token(self.scope), tenant_id, self.token_endpoint(tenant_id))
         return access.token
+
+    async def _guarded(self, request: Awaitable[T], tenant_id: str, endpoint: str) -> T:
+        """*request* awaited, with azure-core's errors turned into the ones the client understands."""
+        what = f"no token for tenant {tenant_id} ({self._kind.value})"
+        try:
+            return await request
+        except ClientAuthenticationError as exc:
+            status = _status_of(exc)
+            text = self._one_line(exc.message)
+            if status in _RETRYABLE_STATUSES:
+                error = TokenUnavailableError(f"{what}: {endpoint} answered {text}", status=status)
+                retry_after = _retry_after_of(exc)
+                if retry_after is not None:
+                    attach_retry_after(error, retry_after)
+                raise error from exc
+            # Waiting does not change Entra ID's mind (AADSTS7000215 bad secret, 65001 no consent).
+            raise PermanentApiError(f"{what}, not retried: {text}", status=status) from exc
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            cause = f"{type(exc).__name__}: {self._one_line(str(exc))}"
+            if isinstance(exc.inner_exception, _BAD_CERTIFICATE):
+                # Like the API client's policy: a certificate that fails today fails tomorrow.
+                raise PermanentApiError(f"{what}: {endpoint} has a certificate that does not verify: {cause}") \
+                    from exc
+            raise TokenUnavailableError(f"{what}: {endpoint} unreachable: {cause}") from exc
+
+    def _one_line(self, text: str) -> str:
+        # Entra ID's descriptions end in "\r\nTrace ID: ...\r\nCorrelation ID: ..." lines.
+        line = " ".join(str(text).split())
+        for secret in (self._client_secret, self._certificate_password, self._assertion):
+            if secret and len(secret) >= _MIN_SCRUBBED_SECRET:
+                line = line.replace(secret, "<redacted>")
+        return redact(line)
 
     async def _refresh_assertion(self) -> None:
         # ClientAssertionCredential asks for its assertion synchronously; fetch the managed
@@ -217,6 +292,19 @@ class AzureIdentityTokenProvider:
 
     def __repr__(self) -> str:
         return f"AzureIdentityTokenProvider(cloud={self._cloud.value}, kind={self._kind.value})"
+
+
+def _status_of(exc: ClientAuthenticationError) -> int | None:
+    response = exc.response
+    status = getattr(response, "status_code", None) if response is not None else None
+    return status if isinstance(status, int) else None
+
+
+def _retry_after_of(exc: ClientAuthenticationError) -> str | None:
+    response = exc.response
+    headers = getattr(response, "headers", None) if response is not None else None
+    value = headers.get("Retry-After") if headers is not None else None
+    return value if isinstance(value, str) else None
 
 
 def token_provider_from_env(env: Mapping[str, str], cloud: Cloud) -> TokenProvider:
