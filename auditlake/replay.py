@@ -19,8 +19,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from function_app.compose import build_rows, feeds_of, open_parts, utcnow
+from function_app.compose import api_root_of, build_rows, feeds_of, open_parts, utcnow
 from function_app.config import AzureSettings, Settings
+from function_app.core.errors import UntrustedMessageError
+from function_app.core.messages import check_content_uri
 from function_app.core.model import BlobStatus, ContentBlob, utc
 from function_app.core.ports import ClaimingStateStore, ContentQueue, DeadLetterStore, Sink
 from function_app.core.process import RowBuilder, process_blob
@@ -41,7 +43,9 @@ class ReplayItem:
     ``action`` is one of: ``ingested`` (fetched again and written), ``reingested`` (written from
     the dead-letter copy), ``requeued`` (Azure: back on the content queue), ``failed`` (tried,
     failed again; ``detail`` says why), ``expired`` (gone from the API, no copy kept), ``skipped``
-    (another instance holds it), or ``planned`` (dry run).
+    (another instance holds it), ``refused`` (local: its content URI is not under the API root
+    replay was given, so it was not fetched and its ledger row is untouched; ``detail`` names
+    the root it was listed from), or ``planned`` (dry run).
     """
 
     tenant_id: str
@@ -70,11 +74,25 @@ class ReplaySummary:
 
     @property
     def ok(self) -> bool:
-        """True when no blob failed again or turned out to be unrecoverable."""
-        return not any(i.action in ("failed", "expired") for i in self.items)
+        """True when no blob failed again, was refused, or turned out to be unrecoverable."""
+        return not any(i.action in _NOT_OK for i in self.items)
+
+    def problem(self) -> str | None:
+        """One line saying what went wrong (the CLI's error line), or None when all is well."""
+        if self.ok:
+            return None
+        counts = self.counts()
+        line = f"{counts.get('failed', 0)} failed again, {counts.get('expired', 0)} expired"
+        if counts.get("refused"):
+            line += (f", {counts['refused']} refused: listed from another API root than this replay's "
+                     "(give the root it was collected from with --api-root; see Detail)")
+        return line
 
     def to_json(self) -> dict[str, Any]:
         return {"target": self.target, "counts": self.counts(), "items": [i.to_json() for i in self.items]}
+
+
+_NOT_OK = frozenset({"failed", "expired", "refused"})
 
 
 def _item(blob: ContentBlob, action: str, detail: str | None = None) -> ReplayItem:
@@ -115,7 +133,10 @@ async def replay_local(
     """Fetch and ingest again every failed blob of the lake at *lake_path* (which must exist).
 
     Expired blobs settle as ``expired`` (process_blob's rule); blobs that fail again keep
-    ``failed`` with the new error.
+    ``failed`` with the new error (the ledger's ``FirstError`` keeps the first). A blob whose
+    content URI is not under the API root of its tenant (*settings*' ``api_root``, else its
+    cloud's) is ``refused`` before anything is sent, in a dry run too, and its row is left as it
+    was: the ledger's URI never picks where the token goes, the operator's ``--api-root`` does.
     """
     from auditlake.lake.duckdb_lake import LocalLake
 
@@ -126,22 +147,54 @@ async def replay_local(
     lake = LocalLake(path)
     try:
         blobs = _select(await lake.state_store().failed(tenant_id), content_ids)
-        if dry_run or not blobs:
-            summary.items = [_item(b, "planned") for b in blobs]
-            return summary
         feeds = feeds_of(settings, sorted({b.tenant_id for b in blobs}))
-        async with open_parts(settings, feeds=feeds, lake=lake, tokens=tokens, env=env, clock=clock) as parts:
+        roots = {f.tenant_id.lower(): api_root_of(settings, f) for f in feeds}
+        checked = [(b, _refusal(b, roots[b.tenant_id.lower()])) for b in blobs]
+        todo = [b for b, refusal in checked if refusal is None]
+        done: list[ReplayItem] = []
+        if todo and not dry_run:
+            async with open_parts(settings, feeds=feeds, lake=lake, tokens=tokens, env=env,
+                                  clock=clock) as parts:
 
-            async def one(blob: ContentBlob) -> ReplayItem:
-                outcome = await process_blob(blob, api=parts.api, sink=parts.sink, state=parts.state,
-                                             build_rows=parts.build_rows, clock=parts.clock)
-                return _item(blob, outcome.status.value, outcome.error)
+                async def one(blob: ContentBlob) -> ReplayItem:
+                    outcome = await process_blob(blob, api=parts.api, sink=parts.sink, state=parts.state,
+                                                 build_rows=parts.build_rows, clock=parts.clock)
+                    return _item(blob, outcome.status.value, outcome.error)
 
-            summary.items = await _bounded(blobs, one)
+                done = await _bounded(todo, one)
+        outcomes = iter(done or [_item(b, "planned") for b in todo])
+        summary.items = [refusal or next(outcomes) for _, refusal in checked]
     finally:
         lake.close()
-    log.info("replay done target=%s counts=%s", summary.target, summary.counts())
+    if not dry_run:
+        log.info("replay done target=%s counts=%s", summary.target, summary.counts())
     return summary
+
+
+def _refusal(blob: ContentBlob, api_root: str) -> ReplayItem | None:
+    """A ``refused`` item when *blob*'s content URI is off *api_root* (the check the client makes
+    before it sends a token), naming the root the blob was listed from; None when it may be fetched."""
+    try:
+        check_content_uri(blob.content_uri, api_root, blob.tenant_id)
+    except UntrustedMessageError as exc:
+        listed_from = _listed_from(blob)
+        hint = (f"; it was listed from {listed_from}: if that is the API it was collected from, replay with "
+                f"--api-root {listed_from}") if listed_from else ""
+        log.warning("replay refused tenant_id=%s content_type=%s content_id=%s api_root=%s reason=%s",
+                    blob.tenant_id, blob.content_type, blob.content_id, api_root, exc)
+        return _item(blob, "refused", f"not fetched: {exc}{hint}")
+    return None
+
+
+def _listed_from(blob: ContentBlob) -> str | None:
+    """The API root *blob*'s content URI lies under (what ``collect --api-root`` was), if it has
+    the shape of one; said to the operator, never used to fetch."""
+    marker = f"/{blob.tenant_id.lower()}/activity/feed/audit/"
+    uri = blob.content_uri
+    at = uri.lower().find(marker)
+    if at <= 0 or not uri.lower().startswith(("http://", "https://")):
+        return None
+    return uri[:at]
 
 
 # -- Azure -----------------------------------------------------------------------------------------

@@ -50,7 +50,15 @@ import pyarrow.compute as pc
 from function_app.core.errors import StoreUnavailableError
 from function_app.core.model import ContentBlob, WriteResult
 from function_app.lake.cells import repaired_row
-from function_app.lake.schema import TABLES, TABLES_BY_NAME, Kind, Table, duckdb_ddl, duckdb_insert
+from function_app.lake.schema import (
+    TABLES,
+    TABLES_BY_NAME,
+    Kind,
+    Table,
+    duckdb_add_missing,
+    duckdb_ddl,
+    duckdb_insert,
+)
 
 if TYPE_CHECKING:
     from auditlake.state.local import LocalStateStore
@@ -454,6 +462,7 @@ class LocalLake:
         con.execute("PRAGMA force_compression='zstd'")
         for table in TABLES:
             con.execute(duckdb_ddl(table))
+        _add_missing_columns(con)
         con.execute(LAKE_INFO_DDL)
 
     @property
@@ -662,6 +671,24 @@ class LocalLake:
             except duckdb.Error as exc:
                 self._raise_if_lake(exc)
                 raise
+
+
+def _add_missing_columns(con: duckdb.DuckDBPyConnection) -> None:
+    """Give a lake made by an earlier version the columns added to the schema since."""
+    rows = con.execute("SELECT table_name, column_name FROM information_schema.columns "
+                       "WHERE table_catalog = current_database() AND table_schema = 'main' "
+                       "ORDER BY table_name, ordinal_position").fetchall()
+    existing: dict[str, list[str]] = {}
+    for table_name, column_name in rows:
+        existing.setdefault(str(table_name), []).append(str(column_name))
+    statements = [s for t in TABLES for s in duckdb_add_missing(t, existing.get(t.name, t.column_names))]
+    if not statements:
+        return
+    # One transaction: a column added without its backfill would never be backfilled.
+    con.execute("BEGIN TRANSACTION")
+    for statement in statements:
+        con.execute(statement)
+    con.execute("COMMIT")
 
 
 def _close_quietly(con: duckdb.DuckDBPyConnection) -> None:

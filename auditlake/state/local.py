@@ -15,7 +15,15 @@ import orjson
 import pyarrow as pa
 
 from auditlake.lake.duckdb_lake import LocalLake, insert_tables, naive_utc
-from function_app.core.model import BlobStatus, Checkpoint, ContentBlob, RunStats, utc
+from function_app.core.model import (
+    FAILURE_STATUSES,
+    BlobStatus,
+    Checkpoint,
+    ContentBlob,
+    RunStats,
+    first_error,
+    utc,
+)
 from function_app.lake.schema import CONTENT_LEDGER
 
 
@@ -33,7 +41,15 @@ _MARK_SCHEMA = pa.schema([
     ("TenantId", pa.string()), ("ContentType", pa.string()), ("ContentId", pa.string()),
     ("Status", pa.string()), ("Error", pa.string()), ("Records", pa.int64()), ("Bytes", pa.int64()),
     ("FetchedAt", pa.timestamp("us")), ("IngestedAt", pa.timestamp("us")), ("Marks", pa.int64()),
+    ("FirstError", pa.string()),
 ])
+
+# model.first_error in SQL, over the row before this group's marks (l) and the first error of the
+# group's own marks (m): the rule has to hold inside the one UPDATE a commit group makes.
+_FIRST_ERROR_SQL = (
+    'coalesce(nullif(l."FirstError", \'\'), '
+    'CASE WHEN l."Status" IN ({statuses}) AND l."Error" <> \'\' THEN l."Error" END, m."FirstError")'
+).format(statuses=", ".join(f"'{s.value}'" for s in sorted(FAILURE_STATUSES)))
 
 
 def _apply_marks(con: duckdb.DuckDBPyConnection, marks: list[dict[str, Any]]) -> list[dict[str, Any] | None]:
@@ -44,8 +60,9 @@ def _apply_marks(con: duckdb.DuckDBPyConnection, marks: list[dict[str, Any]]) ->
     last: dict[tuple[str, str, str], dict[str, Any]] = {}
     for m in marks:
         key = (m["TenantId"], m["ContentType"], m["ContentId"])
-        earlier = last.get(key)
-        last[key] = {**m, "Marks": 1 + (earlier["Marks"] if earlier else 0)}
+        earlier = last.get(key) or {}
+        last[key] = {**m, "Marks": 1 + earlier.get("Marks", 0),
+                     "FirstError": first_error(earlier, BlobStatus(m["Status"]), m["Error"])}
     con.register("_marks", pa.Table.from_pylist(list(last.values()), schema=_MARK_SCHEMA))
     # Not in a `finally`: after a failed statement the transaction is aborted, unregistering would
     # fail with "Current transaction is aborted" and hide the real error; the ROLLBACK drops the view.
@@ -53,7 +70,8 @@ def _apply_marks(con: duckdb.DuckDBPyConnection, marks: list[dict[str, Any]]) ->
         'UPDATE "ContentLedger" AS l SET "Status" = m."Status", "Attempts" = l."Attempts" + m."Marks", '
         '"Error" = m."Error", "Records" = coalesce(m."Records", l."Records"), '
         '"Bytes" = coalesce(m."Bytes", l."Bytes"), "FetchedAt" = coalesce(m."FetchedAt", l."FetchedAt"), '
-        '"IngestedAt" = coalesce(m."IngestedAt", l."IngestedAt") FROM _marks AS m '
+        '"IngestedAt" = coalesce(m."IngestedAt", l."IngestedAt"), '
+        f'"FirstError" = {_FIRST_ERROR_SQL} FROM _marks AS m '
         'WHERE l."TenantId" = m."TenantId" AND l."ContentType" = m."ContentType" '
         'AND l."ContentId" = m."ContentId" RETURNING *'
     )
@@ -179,7 +197,9 @@ class LocalStateStore:
         size: int | None = None,
         error: str | None = None,
     ) -> dict[str, Any] | None:
-        """Move the ledger row of *blob* to *status*, counting the attempt; returns the row as written."""
+        """Move the ledger row of *blob* to *status*, counting the attempt; returns the row as written.
+
+        ``Error`` is the latest attempt's; ``FirstError`` keeps what the blob first failed with."""
         ingested_at = naive_utc(at) if status is BlobStatus.INGESTED else None
         # FetchedAt is the time of the last attempt, whatever its outcome.
         mark = {"TenantId": blob.tenant_id, "ContentType": blob.content_type, "ContentId": blob.content_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +36,28 @@ class BlobStatus(StrEnum):
 TERMINAL_STATUSES = frozenset({BlobStatus.INGESTED, BlobStatus.FAILED, BlobStatus.EXPIRED})
 """The one definition of a settled blob. BlobStatus is a StrEnum, so the text a store holds
 ("failed") tests against this set as it is."""
+
+FAILURE_STATUSES = frozenset({BlobStatus.FAILED, BlobStatus.EXPIRED})
+"""The settled statuses whose ``Error`` says what went wrong with the blob itself."""
+
+
+def first_error(row: Mapping[str, Any], status: BlobStatus, error: str | None) -> str | None:
+    """The ledger's ``FirstError`` once the row *row* (its columns before the mark) is marked
+    *status* with *error*: the error the blob was first settled ``failed`` or ``expired`` with.
+
+    Every store applies this one rule in ``mark``, so a replay (or a redelivery, or ADX's late
+    ingestion failure) replaces ``Error`` with its own outcome but never what the blob first
+    failed with. A row written before the column existed, already failed, gives its ``Error``
+    as the first one: it is the earliest the store still knows. An error noted on a row that is
+    not settled (a transient failure left ``queued``, a replay's note) is not a failure of the blob.
+    """
+    kept = row.get("FirstError")
+    if kept:
+        return str(kept)
+    previous = row.get("Error")
+    if row.get("Status") in FAILURE_STATUSES and previous:
+        return str(previous)
+    return error if status in FAILURE_STATUSES and error else None
 
 
 def utc(dt: datetime) -> datetime:

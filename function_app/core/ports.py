@@ -67,7 +67,10 @@ class StateStore(Protocol):
         error: str | None = None,
     ) -> Mapping[str, Any] | None:
         """Move the ledger row of *blob* to *status*, counting the attempt; returns the row as
-        written (ledger columns by name), or None when the store holds no row for the blob."""
+        written (ledger columns by name), or None when the store holds no row for the blob.
+
+        ``Error`` becomes *error* (the latest attempt's); ``FirstError`` follows
+        ``model.first_error``, so what the blob first failed with outlives every later attempt."""
         ...
 
     async def record_run(self, run: RunStats) -> None: ...

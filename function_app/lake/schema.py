@@ -17,7 +17,7 @@ deployed in the order tables, policies, views:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -97,6 +97,9 @@ class Column:
     """Where the value comes from in the delivered record (for the data dictionary)."""
     merge: Merge | None = None
     """Set on the non-key columns of an aggregate table (see ``Table.is_aggregate``)."""
+    backfill: str | None = None
+    """DuckDB expression over the row's other columns that gives the rows of a lake made before
+    this column their value when the lake gains it (NULL without one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +313,10 @@ CONTENT_LEDGER = Table(
         _c("Bytes", L, "size of the blob body", "(collector)"),
         _c("Status", S, "listed, ingested, failed or expired", "(collector)"),
         _c("Attempts", N, "fetch attempts", "(collector)"),
-        _c("Error", S, "why the blob failed or expired", "(collector)"),
+        _c("Error", S, "why the latest attempt failed, or why the blob expired", "(collector)"),
+        # Last: a lake made before it gains it at the end (see duckdb_add_missing).
+        Column("FirstError", S, "what the blob first failed or expired with; kept through replays", "(collector)",
+               backfill='CASE WHEN "Status" IN (\'failed\', \'expired\') THEN "Error" END'),
     ),
     key=("TenantId", "ContentType", "ContentId"),
     doc="One row per content blob: every blob ends ingested, failed (with the error) or expired",
@@ -401,6 +407,26 @@ def duckdb_ddl(table: Table) -> str:
     cols = ",\n".join(f"    {_q(c.name)} {_DUCKDB_TYPES[c.kind]}" for c in table.columns)
     key = ", ".join(_q(k) for k in table.key)
     return f"CREATE TABLE IF NOT EXISTS {_q(table.name)} (\n{cols},\n    PRIMARY KEY ({key})\n);"
+
+
+def duckdb_add_missing(table: Table, existing: Sequence[str]) -> list[str]:
+    """The statements that bring a lake's *table*, made with the columns *existing*, up to the
+    schema: each column added since, then its backfill.
+
+    Rows are inserted by position (``SELECT *``) and DuckDB adds a column at the end, so only
+    columns appended to the schema can be added; any other difference raises ValueError rather
+    than let values land in the wrong columns.
+    """
+    names = table.column_names
+    if tuple(existing) != names[: len(existing)]:
+        raise ValueError(f"table {table.name} has columns {', '.join(existing)}, which are not the "
+                         f"first columns of its schema ({', '.join(names)})")
+    statements: list[str] = []
+    for column in table.columns[len(existing):]:
+        statements.append(f"ALTER TABLE {_q(table.name)} ADD COLUMN {_q(column.name)} {_DUCKDB_TYPES[column.kind]}")
+        if column.backfill:
+            statements.append(f"UPDATE {_q(table.name)} SET {_q(column.name)} = {column.backfill}")
+    return statements
 
 
 _SQL_AGGREGATE = {Merge.MIN: "min", Merge.MAX: "max", Merge.SUM: "sum"}

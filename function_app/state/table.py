@@ -30,7 +30,15 @@ from azure.data.tables import EdmType, EntityProperty, TableEntity, UpdateMode
 from azure.data.tables.aio import TableClient, TableServiceClient
 
 from function_app.core.errors import CheckpointConflictError
-from function_app.core.model import TERMINAL_STATUSES, BlobStatus, Checkpoint, ContentBlob, RunStats, utc
+from function_app.core.model import (
+    TERMINAL_STATUSES,
+    BlobStatus,
+    Checkpoint,
+    ContentBlob,
+    RunStats,
+    first_error,
+    utc,
+)
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +439,8 @@ class TableStateStore:
         """Move the row to *status*, counting the attempt; settling releases any claim; returns
         the row's properties as written (ints unwrapped), so nobody needs to read it back.
 
-        Error is replaced (cleared when None); Records, Bytes keep their value when None;
+        Error is replaced (cleared when None), FirstError follows ``model.first_error`` (a row
+        written before it existed gains it at its next mark); Records, Bytes keep their value when None;
         FetchedAt is *at* (the last attempt), IngestedAt is *at* only for ``ingested``.
         A row that does not exist (a message for a blob never registered) is created, so
         the outcome is never lost (the local store would ignore it).
@@ -439,6 +448,8 @@ class TableStateStore:
         at = utc(at)
 
         def change(props: dict[str, Any]) -> bool:
+            # Before Status and Error are replaced: the rule reads what the row said until now.
+            props["FirstError"] = _clip(first_error(props, status, error))
             props["Status"] = status.value
             props["Attempts"] = (_int(props.get("Attempts")) or 0) + 1
             props["Error"] = _clip(error)

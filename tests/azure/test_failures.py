@@ -279,8 +279,17 @@ def test_a_cut_off_blob_is_settled_failed_on_its_first_delivery_with_what_came_b
                 assert summary.counts() == {"requeued": 1}
                 assert harness.ledger()[bad.content_id]["Status"] == "queued"
                 assert await host.drain() == 1
-                assert harness.ledger()[bad.content_id]["Status"] == "ingested"
-                replayed = _audit_rows(harness, bad.content_id)
+                settled = harness.ledger()[bad.content_id]
+                assert settled["Status"] == "ingested" and settled["Attempts"] == 3
+                # The replay's requeue and the ingestion replaced Error; what it first failed with stays,
+                # in Table Storage and in ADX's mirror of the row.
+                assert "Error" not in settled and settled["FirstError"] == row["Error"]
+                ingestions = harness.adx.read_ingestions()
+                mirrored = [r for i in ingestions if i.table == "ContentLedger" for r in i.rows
+                            if r["ContentId"] == bad.content_id]
+                assert mirrored[-1]["Status"] == "ingested" and mirrored[-1]["FirstError"] == row["Error"]
+                replayed = [r for i in ingestions if i.table == "AuditRecord" for r in i.rows
+                            if r["ContentId"] == bad.content_id]
                 assert {_key(r) for r in replayed} == set(bad.record_keys)
                 assert all(not any(f.startswith("record:") for f in r["Quality"]) for r in replayed)
                 # Through dedup (keys as a set) every record is there, the salvaged ones repeated
