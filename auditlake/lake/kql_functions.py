@@ -218,6 +218,23 @@ def _parsed(name: str, definition: str) -> StoredFunction:
     return parsed[None][name]
 
 
+def library_functions(
+    directory: Traversable = LIBRARY,
+) -> tuple[dict[str, StoredFunction], dict[str, KqlFunctionsError]]:
+    """Every function of the library and view stand-in, parsed by duckdb-kql (name -> function),
+    and those it cannot load (name -> why): what a Kusto client listing the functions is shown
+    (the lake's Kusto endpoint). One that fails is set apart rather than failing the rest.
+    Raises KqlFunctionsError when the library itself cannot be read."""
+    loaded: dict[str, StoredFunction] = {}
+    broken: dict[str, KqlFunctionsError] = {}
+    for name, definition in local_definitions(directory).items():
+        try:
+            loaded[name] = _parsed(name, definition)
+        except KqlFunctionsError as exc:
+            broken[name] = exc
+    return loaded, broken
+
+
 def needed(query: str, directory: Traversable = LIBRARY) -> list[str]:
     """The library functions and view stand-ins *query* may call, directly or through another's body."""
     definitions = local_definitions(directory)
@@ -231,10 +248,14 @@ def needed(query: str, directory: Traversable = LIBRARY) -> list[str]:
     return sorted(found)
 
 
+def resolve_functions(query: str, directory: Traversable = LIBRARY) -> ResolvedFunctions:
+    """Every function *query* names, parsed, as duckdb-kql's ``functions=`` takes them."""
+    definitions = local_definitions(directory)
+    return {None: {name: _parsed(name, definitions[name]) for name in needed(query, directory)}}
+
+
 def register_functions(query: str, directory: Traversable = LIBRARY) -> None:
     """Make every function *query* names callable by duckdb-kql (process-wide: ``set_functions``)."""
     import duckdb_kql
 
-    definitions = local_definitions(directory)
-    registry: ResolvedFunctions = {None: {name: _parsed(name, definitions[name]) for name in needed(query, directory)}}
-    duckdb_kql.set_functions(registry)
+    duckdb_kql.set_functions(resolve_functions(query, directory))
