@@ -1,6 +1,6 @@
 // AuditLake platform: one deployment per collector, into a resource group of the tenant that
 // hosts it. Wires infra/modules only; each monitored Microsoft 365 tenant is then onboarded
-// with infra/onboarding (see infra/README.md).
+// with infra/onboarding (see infra/README.md). `azd up` deploys this file too (azure.yaml).
 
 @description('Azure region of every resource (Flex Consumption must be offered there).')
 param location string = resourceGroup().location
@@ -43,6 +43,10 @@ param requestDlpPermission bool = true
 @description('Reply address of the app registration: where the admin-consent URL lands the administrator afterwards.')
 param consentRedirectUri string = '${environment().portal}/'
 
+// authMode has no 'certificate': the code reads AZURE_CLIENT_CERTIFICATE_PATH, but Flex
+// Consumption cannot load certificates (WEBSITE_LOAD_CERTIFICATES and Key Vault certificates
+// are not supported there), and federated needs no credential at all.
+
 @description('Name of the Key Vault secret that holds the client secret (authMode secret).')
 param clientSecretName string = 'management-api-client-secret'
 
@@ -82,6 +86,55 @@ param maximumInstanceCount int = 40
 @allowed([512, 2048, 4096])
 param instanceMemoryMB int = 2048
 
+@description('Object id of an Entra ID group given Database Viewer on the ADX database (analysts: query, change nothing); empty: none.')
+param analystGroupObjectId string = ''
+
+@description('Object id of an Entra ID group given Database Admin on the ADX database; empty: none.')
+param adminGroupObjectId string = ''
+
+@description('Create the alert rules (modules/alerts.bicep) and the identity they query with.')
+param enableAlerts bool = true
+
+@description('Email addresses notified of alerts; with none and no webhook, alerts show in Azure Monitor only.')
+param alertEmailAddresses array = []
+
+@description('Webhook URIs notified of alerts (common alert schema).')
+param alertWebhookUris array = []
+
+@description('Alert LogFlowGap: hours a tenant x content type may go without new content.')
+@minValue(1)
+param alertGapHours int = 6
+
+@description('Alert BlobNearExpiry: hours before the API stops serving a blob at which an unsettled blob alerts.')
+@minValue(1)
+@maxValue(167)
+param alertNearExpiryHours int = 24
+
+@description('Alert CollectorRunFailing: failed collector runs in a row.')
+@minValue(1)
+param alertFailedRuns int = 3
+
+@description('Hours the health checks look back for tampering and for failed and expired blobs (a failing collector is reported until a pass succeeds).')
+@minValue(1)
+@maxValue(168)
+param alertLookbackHours int = 24
+
+@description('Alert BlobExpired: expired blobs per tenant x content type tolerated.')
+@minValue(0)
+param alertExpiredBlobs int = 0
+
+@description('Alert BlobFailed: failed blobs per tenant x content type tolerated.')
+@minValue(0)
+param alertFailedBlobs int = 0
+
+@description('Alert AuditTampering: tampering events per tenant tolerated.')
+@minValue(0)
+param alertTamperingEvents int = 0
+
+@description('Alert IngestionFailed: ADX ingestion failures per table and evaluation window tolerated.')
+@minValue(0)
+param alertIngestionFailures int = 0
+
 @description('Days Log Analytics keeps the app\'s logs.')
 @minValue(30)
 @maxValue(730)
@@ -108,7 +161,16 @@ var names = {
   functionApp: 'func-${prefix}-${suffix}'
   adxCluster: 'adx${compactPrefix}${suffix}'
   appRegistration: '${prefix}-collector-${suffix}'
+  alertsIdentity: 'id-${prefix}-alerts-${suffix}'
+  actionGroup: 'ag-${prefix}-${suffix}'
+  alertRules: 'alert-${prefix}-${suffix}'
 }
+
+// The service name azure.yaml deploys the code of; azd finds the function app by this tag.
+var azdServiceName = 'api'
+
+// Azure Monitor runs cross-service adx() queries in the public cloud only.
+var crossServiceQueries = environment().name != 'AzureUSGovernment'
 
 // Names the code reads through app settings (CONTENT_QUEUE, STATE_TABLE_PREFIX, DEADLETTER_CONTAINER).
 var contentQueueName = 'content'
@@ -128,6 +190,17 @@ module identity 'modules/identity.bicep' = {
   name: 'identity'
   params: {
     name: names.identity
+    location: location
+    tags: tags
+  }
+}
+
+// The identity the alert rules query ADX and the workspace with: no credential, no code runs as
+// it. Kept apart from the app's identity, which must stay Database Ingestor only.
+module alertsIdentity 'modules/identity.bicep' = if (enableAlerts) {
+  name: 'alerts-identity'
+  params: {
+    name: names.alertsIdentity
     location: location
     tags: tags
   }
@@ -209,10 +282,44 @@ module adxDatabase 'modules/adx-database.bicep' = {
     hotCacheDays: adxHotCacheDays
     ingestorClientId: identity.outputs.clientId
     ingestorTenantId: subscription().tenantId
+    alertsClientId: enableAlerts ? alertsIdentity.outputs.clientId : ''
+    alertsPrincipalId: enableAlerts ? alertsIdentity.outputs.principalId : ''
+    analystGroupObjectId: analystGroupObjectId
+    adminGroupObjectId: adminGroupObjectId
+    gapHours: alertGapHours
+    nearExpiryHours: alertNearExpiryHours
+    failedRuns: alertFailedRuns
+    lookbackHours: alertLookbackHours
   }
   dependsOn: [
     adxCluster
   ]
+}
+
+module alerts 'modules/alerts.bicep' = if (enableAlerts) {
+  name: 'alerts'
+  params: {
+    location: location
+    tags: tags
+    namePrefix: names.alertRules
+    actionGroupName: names.actionGroup
+    emailAddresses: alertEmailAddresses
+    webhookUris: alertWebhookUris
+    workspaceId: monitoring.outputs.workspaceId
+    identityId: alertsIdentity.outputs.id
+    identityPrincipalId: alertsIdentity.outputs.principalId
+    adxQueryUri: adxDatabase.outputs.queryUri
+    adxDatabase: adxDatabase.outputs.databaseName
+    healthFunction: adxDatabase.outputs.healthFunctionName
+    healthRulesEnabled: crossServiceQueries
+    gapHours: alertGapHours
+    nearExpiryHours: alertNearExpiryHours
+    failedRuns: alertFailedRuns
+    expiredBlobs: alertExpiredBlobs
+    failedBlobs: alertFailedBlobs
+    tamperingEvents: alertTamperingEvents
+    ingestionFailures: alertIngestionFailures
+  }
 }
 
 module functionApp 'modules/functionapp.bicep' = {
@@ -222,6 +329,7 @@ module functionApp 'modules/functionapp.bicep' = {
     planName: names.plan
     location: location
     tags: tags
+    azdServiceName: azdServiceName
     identityId: identity.outputs.id
     identityClientId: identity.outputs.clientId
     blobEndpoint: storage.outputs.blobEndpoint
@@ -265,3 +373,6 @@ output keyVaultName string = authMode == 'secret' ? keyVault.outputs.name : ''
 output storageAccountName string = storage.outputs.name
 // Where the storage services, the function app, the Key Vault and a new ADX cluster send their logs.
 output logAnalyticsWorkspaceId string = monitoring.outputs.workspaceId
+// Where alerts are sent ('' without receivers), and the identity the alert rules query with.
+output alertActionGroupId string = enableAlerts ? alerts.outputs.actionGroupId : ''
+output alertsIdentityPrincipalId string = enableAlerts ? alertsIdentity.outputs.principalId : ''

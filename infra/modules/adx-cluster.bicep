@@ -60,6 +60,9 @@ resource diagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' 
   scope: cluster
   properties: {
     workspaceId: workspaceId
+    // Resource-specific tables (FailedIngestion, SucceededIngestion, ADXCommand, ...) rather than
+    // AzureDiagnostics: the IngestionFailed alert rule (alerts.bicep) queries FailedIngestion.
+    logAnalyticsDestinationType: 'Dedicated'
     logs: [
       {
         category: 'SucceededIngestion'

@@ -1,7 +1,8 @@
 // The AuditLake database in a new or existing ADX cluster (deployed at the cluster's resource
 // group): retention and hot cache, the KQL scripts (infra/kql, and the function library that
-// ships with the local tool in auditlake/kql/functions) in order, and the app's managed
-// identity as database Ingestor.
+// ships with the local tool in auditlake/kql/functions) in order, the app's managed identity as
+// database Ingestor, and who else may read it: the alert rules' identity (modules/alerts.bicep),
+// an analyst group (Viewer) and an admin group (Admin), each only when given.
 
 @description('Name of the cluster the database lives in (in this module\'s resource group).')
 param clusterName string
@@ -20,8 +21,38 @@ param hotCacheDays int
 @description('Client (application) id of the managed identity that ingests.')
 param ingestorClientId string
 
-@description('Entra ID tenant of that identity.')
+@description('Entra ID tenant of that identity, and of the alert identity and the groups below.')
 param ingestorTenantId string
+
+@description('Client (application) id of the identity the alert rules query with (database Viewer); empty: none.')
+param alertsClientId string = ''
+
+@description('Principal (object) id of that identity (Reader on the cluster, which adx() queries need); empty: none.')
+param alertsPrincipalId string = ''
+
+@description('Object id of the Entra ID group of analysts (database Viewer: query everything, change nothing); empty: none.')
+param analystGroupObjectId string = ''
+
+@description('Object id of the Entra ID group of administrators (database Admin); empty: none.')
+param adminGroupObjectId string = ''
+
+// The thresholds the alert rules hold HealthChecks to (see HealthChecksForAlerts below).
+@description('LogFlowGap: hours a tenant x content type may stay silent.')
+@minValue(1)
+param gapHours int = 6
+
+@description('BlobNearExpiry: hours before a blob\'s expiry at which an unsettled blob is reported.')
+@minValue(1)
+@maxValue(167)
+param nearExpiryHours int = 24
+
+@description('CollectorRunFailing: failed runs in a row that count as failing.')
+@minValue(1)
+param failedRuns int = 3
+
+@description('Hours HealthChecks looks back for tampering and for failed and expired blobs (a failing collector is reported until a pass succeeds).')
+@minValue(1)
+param lookbackHours int = 24
 
 resource cluster 'Microsoft.Kusto/clusters@2024-04-13' existing = {
   name: clusterName
@@ -55,7 +86,17 @@ var kqlScripts = [
   { name: 'function-OfficeActivity', content: loadTextContent('../../auditlake/kql/functions/OfficeActivity.kql') }
   { name: 'function-SchemaDrift', content: loadTextContent('../../auditlake/kql/functions/SchemaDrift.kql') }
   { name: 'function-ServicePrincipalActivity', content: loadTextContent('../../auditlake/kql/functions/ServicePrincipalActivity.kql') }
+  { name: 'function-HealthChecks', content: loadTextContent('../../auditlake/kql/functions/HealthChecks.kql') }
+  // Last, as it calls HealthChecks: the only script written here rather than loaded from a file.
+  { name: 'function-HealthChecksForAlerts', content: healthChecksForAlerts }
 ]
+
+// HealthChecks with this deployment's thresholds, as a function without parameters. Azure
+// Monitor's cross-service adx() queries accept only functions without parameters (Microsoft:
+// "Use non-parameterized functions"), so the alert rules cannot call HealthChecks(...) itself;
+// they call this, and the check logic keeps its one definition in HealthChecks.kql.
+// tests/contract/test_alerts.py renders it with the defaults and type-checks it.
+var healthChecksForAlerts = '.create-or-alter function with (folder="AuditLake/Alerts", docstring="HealthChecks with the thresholds of the deployed alert rules (infra/modules/alerts.bicep)", skipvalidation="false")\nHealthChecksForAlerts() {\n    HealthChecks(real(${gapHours}), real(${nearExpiryHours}), ${failedRuns}, ${lookbackHours}h)\n}\n'
 
 // One at a time, in list order: ADX runs one database script at a time anyway.
 @batchSize(1)
@@ -91,6 +132,68 @@ resource ingestor 'Microsoft.Kusto/clusters/databases/principalAssignments@2024-
   ]
 }
 
+// Database Viewer: the identity of the alert rules runs HealthChecksForAlerts through adx().
+// Viewer is the least ADX grants that can run a function; the identity has no credential and
+// no code runs as it, only Azure Monitor's rule evaluation.
+resource alertsViewer 'Microsoft.Kusto/clusters/databases/principalAssignments@2024-04-13' = if (!empty(alertsClientId)) {
+  parent: database
+  name: guid(database.id, alertsClientId, 'Viewer')
+  properties: {
+    principalId: alertsClientId
+    principalType: 'App'
+    role: 'Viewer'
+    tenantId: ingestorTenantId
+  }
+  // One database change at a time.
+  dependsOn: [
+    ingestor
+  ]
+}
+
+// Database Viewer: the analysts query the audit log and change nothing.
+resource analysts 'Microsoft.Kusto/clusters/databases/principalAssignments@2024-04-13' = if (!empty(analystGroupObjectId)) {
+  parent: database
+  name: guid(database.id, analystGroupObjectId, 'Viewer')
+  properties: {
+    principalId: analystGroupObjectId
+    principalType: 'Group'
+    role: 'Viewer'
+    tenantId: ingestorTenantId
+  }
+  dependsOn: [
+    alertsViewer
+  ]
+}
+
+// Database Admin: the administrators manage the database (policies, functions, principals).
+resource admins 'Microsoft.Kusto/clusters/databases/principalAssignments@2024-04-13' = if (!empty(adminGroupObjectId)) {
+  parent: database
+  name: guid(database.id, adminGroupObjectId, 'Admin')
+  properties: {
+    principalId: adminGroupObjectId
+    principalType: 'Group'
+    role: 'Admin'
+    tenantId: ingestorTenantId
+  }
+  dependsOn: [
+    analysts
+  ]
+}
+
+// Reader: Azure Monitor requires it on the cluster a rule's adx() query reaches, besides the
+// database role above.
+resource alertsClusterReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(alertsPrincipalId)) {
+  name: guid(cluster.id, alertsPrincipalId, 'acdd72a7-3385-48ef-bd42-f606fba81ae7')
+  scope: cluster
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', 'acdd72a7-3385-48ef-bd42-f606fba81ae7')
+    principalId: alertsPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 output databaseName string = database.name
+// What the alert rules put inside adx(): the cluster URI and the database.
+output healthFunctionName string = 'HealthChecksForAlerts'
 output queryUri string = cluster.properties.uri
 output ingestUri string = cluster.properties.dataIngestionUri

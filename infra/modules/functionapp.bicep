@@ -14,6 +14,9 @@ param location string
 @description('Tags applied to the plan and the app.')
 param tags object = {}
 
+@description('Service of azure.yaml whose code `azd deploy` puts here: azd finds the app by its azd-service-name tag.')
+param azdServiceName string = 'api'
+
 @description('Resource id of the user-assigned managed identity.')
 param identityId string
 
@@ -183,7 +186,8 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_213: no HTTP endpoint to probe; the host's health is visible in Application Insights
   name: name
   location: location
-  tags: tags
+  // On the app only: azd refuses a tag it finds on two resources.
+  tags: union(tags, { 'azd-service-name': azdServiceName })
   kind: 'functionapp,linux'
   identity: {
     type: 'UserAssigned'

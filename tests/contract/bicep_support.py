@@ -261,3 +261,33 @@ def run_checkov(skip: list[Path]) -> dict[str, Any]:
     assert [r.get("check_type") for r in reports] == ["bicep"], f"unexpected checkov reports: {done.stdout[:500]}"
     result: dict[str, Any] = reports[0]
     return result
+
+
+# -- Bicep strings ---------------------------------------------------------------------------
+
+# An escape (\n, \', \\, \$, \u{...}) or an interpolation (${...}) in pycep's raw string text.
+_STRING_PART = re.compile(r"\\(u\{[0-9a-fA-F]+\}|.)|\$\{([^}]*)\}", re.DOTALL)
+_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", "\\": "\\", "'": "'", "$": "$"}
+
+
+def render_string(text: str, values: dict[str, Any]) -> str:
+    """The value of a Bicep string literal as pycep gives it (escapes and ``${...}`` kept as
+    written), each interpolation replaced from *values* by its expression text (``gapHours``,
+    ``rule.check``). An interpolation *values* does not name fails: the caller must know them all."""
+
+    def part(match: re.Match[str]) -> str:
+        escape, expression = match.group(1), match.group(2)
+        if escape is not None:
+            if escape.startswith("u{"):
+                return chr(int(escape[2:-1], 16))
+            assert escape in _ESCAPES, f"unknown Bicep escape \\{escape}"
+            return _ESCAPES[escape]
+        assert expression in values, f"no value for ${{{expression}}} in {text!r}"
+        return str(values[expression])
+
+    return _STRING_PART.sub(part, text)
+
+
+def interpolations(text: str) -> list[str]:
+    """The expressions of the ``${...}`` of a Bicep string as pycep gives it."""
+    return [m.group(2) for m in _STRING_PART.finditer(text) if m.group(2) is not None]

@@ -87,6 +87,8 @@ KNOWN_ROLES = {
     "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
     "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
+    "acdd72a7-3385-48ef-bd42-f606fba81ae7": "Reader",
+    "73c42c96-874c-492b-b04d-ab87d138a893": "Log Analytics Reader",
 }
 
 # The order ADX must run the scripts in: each uses what the ones before it created.
@@ -356,6 +358,22 @@ def test_kql_scripts_run_one_at_a_time_in_order() -> None:
     assert found == 1
 
 
+def test_functions_are_deployed_after_the_functions_they_call() -> None:
+    # ADX validates a function's body when it is created (skipvalidation="false"): a function
+    # calling one of the library (HealthChecks calls LogFlowGaps and AuditTampering) must come
+    # after it in kqlScripts.
+    functions = [t for t in _deployed_kql() if t.parent == KQL_FUNCTIONS_DIR.resolve()]
+    position = {t.stem: i for i, t in enumerate(functions)}
+    assert len(position) == len(functions), "a function file is deployed twice"
+    for caller in functions:
+        text = caller.read_text(encoding="utf-8")
+        body_text = text.split("{", 1)[1] if "{" in text else text
+        body_text = re.sub(r"//[^\n]*", "", body_text)
+        for callee in position:
+            if callee != caller.stem and re.search(rf"\b{callee}\s*\(", body_text):
+                assert position[callee] < position[caller.stem], f"{caller.name} calls {callee}: deploy {callee} first"
+
+
 def _kql_rank(path: Path) -> int:
     # The function library ships as the local tool's package data; Bicep deploys it from there.
     first = "functions" if path.parent == KQL_FUNCTIONS_DIR.resolve() else path.relative_to(KQL_DIR.resolve()).parts[0]
@@ -364,14 +382,23 @@ def _kql_rank(path: Path) -> int:
 
 
 def test_the_identity_is_database_ingestor_only() -> None:
-    # The app only ingests; a Viewer role would let a stolen token read the whole audit log.
-    roles: list[Any] = []
+    # The app only ingests; a Viewer role would let a stolen token read the whole audit log. Other
+    # principals (the alert rules' identity, the analyst and admin groups) get their own roles in
+    # tests/contract/test_alerts.py; none of them may be the app's identity.
     kind = "Microsoft.Kusto/clusters/databases/principalAssignments"
+    by_principal: dict[str, list[Any]] = {}
     for path in FILES:
         for symbol, resource in declared_resources(path, kind).items():
             assert "loop_type" not in resource["config"], f"{symbol}: one assignment per role, spelled out"
-            roles.append(body(resource)["properties"]["role"])
-    assert roles == ["Ingestor"], roles
+            properties = body(resource)["properties"]
+            by_principal.setdefault(str(properties["principalId"]), []).append(properties["role"])
+    assert by_principal.get("ingestorClientId") == ["Ingestor"], by_principal
+    # main.bicep gives the database module the app's identity as the ingestor and nothing else.
+    _, module = _module_of(INFRA / "modules" / "adx-database.bicep")
+    app_identity = [name for name, value in module["params"].items()
+                    if _accessor_path(value)[:2] == ["identity", "outputs"] and "clientId" in _accessor_path(value)]
+    assert app_identity == ["ingestorClientId"], app_identity
+    assert "identity.outputs" not in json.dumps({k: v for k, v in module["params"].items() if k != "ingestorClientId"})
 
 
 # -- security requirements of the issue ------------------------------------------------------
@@ -435,7 +462,8 @@ def test_role_assignments_are_named_with_guid_and_commented_by_role() -> None:
                 role = next(g for g in KNOWN_ROLES if g in json.dumps(config["properties"]["roleDefinitionId"]))
                 assert KNOWN_ROLES[role] in comment, f"{rel(path)} {symbol}: comment the role by name"
             else:
-                assert "Database Ingestor" in comment, f"{rel(path)} {symbol}: comment the roles by name"
+                role_name = f"Database {config['properties']['role']}"
+                assert role_name in comment, f"{rel(path)} {symbol}: comment the role by name ({role_name})"
     assert count >= 5
 
 
