@@ -25,6 +25,8 @@ class Progress:
 
     listed: Callable[[int], None] = lambda n: None
     settled: Callable[[BlobOutcome], None] = lambda o: None
+    passed: Callable[[CollectReport, float | None], None] = lambda report, next_in: None
+    """After each pass of a long run: its report, and the seconds until the next pass (None: none follows)."""
 
 
 async def collect(
@@ -72,6 +74,7 @@ async def collect(
                 return report
             failed = report.count(BlobStatus.FAILED) + report.count(BlobStatus.EXPIRED)
             log.info("pass done blobs=%d failed_or_expired=%d", len(report.outcomes), failed)
+            progress.passed(report, interval)
             try:
                 if stop is None:
                     await asyncio.sleep(interval)

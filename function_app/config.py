@@ -161,6 +161,9 @@ SETTINGS: tuple[SettingDef, ...] = (
     SettingDef("AZURE_CLIENT_CERTIFICATE_PASSWORD", Kind.SECRET, doc="the certificate's password"),
     SettingDef("AZURE_CLIENT_SECRET", Kind.SECRET, doc=(
         "a client secret of the app registration (in Azure, a Key Vault reference); needs `AZURE_CLIENT_ID`")),
+    SettingDef("AUDITLAKE_LAKE", Kind.PATH, default=".auditlake/lake.duckdb", doc=(
+        "the `auditlake` CLI's lake file, for every command's `--lake` (a relative path is relative to the "
+        "working directory: pin it to an absolute path for a service); the Functions app ignores it")),
     SettingDef("AZURE_CLIENT_ID", Kind.GUID, doc=(
         "application (client) id of the multi-tenant app registration the collector authenticates as")),
     # The Functions app.
