@@ -922,7 +922,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lake", default=lake, help=_LAKE_HELP + "; the demo only ever replaces a lake it made")
     p.add_argument("--days", type=_positive_float, default=7, help="days of history the emulated tenant serves")
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic tenant (same seed, same records)")
-    p.add_argument("--width", type=_count, default=0, metavar="N", help=_WIDTH_HELP)
+    p.add_argument("--width", type=_count, default=60, metavar="N",
+                   help="cut each table cell to N characters, so the investigations fit a terminal (0: whole values)")
     p.set_defaults(func=cmd_demo)
 
     p = command("collect", "collect audit content into the lake (or into ADX)")
