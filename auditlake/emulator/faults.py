@@ -65,11 +65,15 @@ _PROBABILITY_KEYS = {
     "truncate": "truncate",
     "late": "late",
     "dupblobs": "dupblobs",
+    "search_throttle": "search_throttle",
 }
 _COUNT_KEYS = {"expired": "expired", "cutoff": "cutoff", "malformed": "malformed", "oversize": "oversize",
-               "hostile": "hostile", "hugestring": "hugestring"}
+               "hostile": "hostile", "hugestring": "hugestring", "feedmissing": "feedmissing",
+               "search_stuck": "search_stuck", "search_fail": "search_fail", "search_flaky": "search_flaky"}
 # Counts that only mean something from 1 up; the field default stands for "off".
-_POSITIVE_KEYS = {"burst": "burst", "pagesize": "pagesize"}
+_POSITIVE_KEYS = {"burst": "burst", "pagesize": "pagesize", "search_limit": "search_limit"}
+# A positive number of days; the field default (0) stands for "no limit".
+_DAYS_KEYS = {"search_max_days": "search_max_days"}
 _FLAG_KEYS = {"shuffle": "shuffle", "headercase": "headercase"}
 _TRUE = {"", "1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -116,6 +120,20 @@ class FaultSpec:
     ``1e400`` and a byte that is not UTF-8 inside a string) and ``hugestring=N`` (one record
     holding a string of :data:`HUGE_STRING_CHARS` characters). ``pagesize=N`` pages listings
     every N items. ``shuffle`` and ``headercase`` are flags (``=0``/``=false`` turns them off).
+
+    ``feedmissing=N`` (per tenant): N records the audit search returns but the feed never delivers,
+    taken out of the blobs that carried them (see :meth:`SyntheticTenant.withhold_from_feed`).
+
+    The audit search (Graph ``/security/auditLog/queries``, :mod:`auditlake.emulator.purview`) has
+    its own faults, counted over the queries of the whole emulator in the order they are created:
+    ``search_stuck=N`` (the first N queries never leave ``running``), ``search_fail=N`` (the N
+    queries after those end ``failed``), ``search_flaky=N`` (the first N queries that succeed drop
+    about one record in 50 from the pages of their first paging; a second paging returns them all),
+    ``search_limit=K`` (a query matching more than K records succeeds with
+    ``isRecordCountLimitExceeded`` true and serves only the K earliest), ``search_throttle=P`` (each
+    search request answers 429 with ``Retry-After: 1``) and ``search_max_days=D`` (a query spanning
+    more than D days, or with an open end, ends ``failed``, as a timeout; it takes no place in the
+    stuck, fail or flaky counts).
     """
 
     throttle: float = 0.0
@@ -138,6 +156,13 @@ class FaultSpec:
     pagesize: int = 0
     hostile: int = 0
     hugestring: int = 0
+    feedmissing: int = 0
+    search_stuck: int = 0
+    search_fail: int = 0
+    search_limit: int = 0
+    search_flaky: int = 0
+    search_throttle: float = 0.0
+    search_max_days: float = 0.0
 
     @classmethod
     def parse(cls, spec: str) -> FaultSpec:
@@ -173,6 +198,14 @@ class FaultSpec:
                 if count < 0:
                     raise ValueError(f"fault {key!r}: {count} is negative")
                 values[{**_COUNT_KEYS, **_POSITIVE_KEYS}[key]] = count
+            elif key in _DAYS_KEYS:
+                try:
+                    days = float(raw)
+                except ValueError:
+                    raise ValueError(f"fault {key!r}: {raw!r} is not a number of days") from None
+                if not days > 0 or days == float("inf"):
+                    raise ValueError(f"fault {key!r}: {raw!r} is not a positive number of days")
+                values[_DAYS_KEYS[key]] = days
             elif key == "slow":
                 prob, _, secs = raw.partition(":")
                 values["slow"] = _probability(key, prob)
@@ -194,7 +227,7 @@ class FaultSpec:
     def __str__(self) -> str:
         """The canonical spec string; ``FaultSpec.parse(str(spec)) == spec``."""
         parts: list[str] = []
-        names = {v: k for k, v in {**_PROBABILITY_KEYS, **_COUNT_KEYS, **_POSITIVE_KEYS}.items()}
+        names = {v: k for k, v in {**_PROBABILITY_KEYS, **_COUNT_KEYS, **_POSITIVE_KEYS, **_DAYS_KEYS}.items()}
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name == "slow_seconds" or value == f.default:
@@ -210,7 +243,7 @@ class FaultSpec:
 
 def _known(key: str) -> bool:
     return (key in _PROBABILITY_KEYS or key in _COUNT_KEYS or key in _POSITIVE_KEYS or key in _FLAG_KEYS
-            or key == "slow")
+            or key in _DAYS_KEYS or key == "slow")
 
 
 class FaultInjector:
@@ -591,8 +624,9 @@ def _shared_keys(tenant: SyntheticTenant) -> set[RecordKey]:
 def apply_blob_faults(tenant: SyntheticTenant, spec: FaultSpec, seed: int) -> None:
     """Mark the tenant's faulty blobs as *spec* asks, the same way for the same seed.
 
-    Expired, cutoff, malformed and oversize blobs are chosen among blobs already available at
-    generation time that carry no incident record (so the scripted investigation always has its
+    The ``feedmissing`` records are taken out of their blobs first. Expired, cutoff, malformed and
+    oversize blobs are chosen among blobs already available, and not yet expired, at generation
+    time that carry no incident record (so the scripted investigation always has its
     evidence) and no record delivered in another blob too (so what a collector keeps of a damaged
     record never races a whole copy of it); the four sets are disjoint. Hostile and hugestring
     blobs are chosen, in that order, among the eligible blobs left, Audit.Exchange ones when there
@@ -601,6 +635,8 @@ def apply_blob_faults(tenant: SyntheticTenant, spec: FaultSpec, seed: int) -> No
     own stream, so adding one to a spec leaves the blobs the others chose unchanged (hostile and
     hugestring only take what the four left).
     """
+    # First, so every fault below sees the blobs as the feed serves them.
+    tenant.withhold_from_feed(spec.feedmissing, seed)
     rng = random.Random(stable_seed(seed, tenant.tenant_id, "blob-faults"))
     for blob in tenant.blobs:
         blob.late = blob.expired = blob.cutoff = blob.late_hidden = False
@@ -611,8 +647,10 @@ def apply_blob_faults(tenant: SyntheticTenant, spec: FaultSpec, seed: int) -> No
             if rng.random() < spec.late:
                 blob.late = True
     shared = _shared_keys(tenant)
-    eligible = [b for b in tenant.blobs if b.content_created <= tenant.now and not b.has_incident
-                and shared.isdisjoint(b.record_keys)]
+    # Only blobs the feed still serves: with more than 7 days of history a fault on an older blob
+    # would never be seen. With 7 days or less every blob qualifies, so the picks are unchanged.
+    eligible = [b for b in tenant.blobs if b.content_created <= tenant.now < b.content_expiration
+                and not b.has_incident and shared.isdisjoint(b.record_keys)]
     counts = (spec.expired, spec.cutoff, spec.malformed, spec.oversize)
     wanted = min(len(eligible), sum(counts))
     picked = rng.sample(eligible, wanted)

@@ -8,6 +8,9 @@ service's own messages, and optional fault injection (:mod:`auditlake.emulator.f
 
 A control plane under ``/_emulator/`` (no auth, never faulted) exposes the ground truth,
 request statistics and the scripted incident for tests.
+
+The same app serves the Graph audit log query API (Purview audit search) over the same tenants
+under ``/graph/beta/security/auditLog/queries``: see :mod:`auditlake.emulator.purview`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
+from auditlake.emulator import purview
 from auditlake.emulator.faults import (
     FaultInjector,
     FaultSpec,
@@ -186,8 +190,9 @@ def _real_now() -> datetime:
 class EmulatorState:
     """Everything the emulator serves and remembers: tenants, subscriptions, faults, clock, statistics.
 
-    Blob-level faults (late, expired, cutoff, malformed, oversize, dupblobs, hostile, hugestring)
-    are applied to the tenants here, from *seed*. A ``pagesize`` fault overrides *page_size*.
+    Blob-level faults (late, expired, cutoff, malformed, oversize, dupblobs, hostile, hugestring,
+    feedmissing) are applied to the tenants here, from *seed*. A ``pagesize`` fault overrides
+    *page_size*. *search_polls* and *search_page_size* shape the audit search (:attr:`search`).
     """
 
     def __init__(
@@ -201,6 +206,8 @@ class EmulatorState:
         token: str | None = None,
         subscriptions_enabled: bool = False,
         base_url: str | None = None,
+        search_polls: int = 2,
+        search_page_size: int = 100,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -223,6 +230,10 @@ class EmulatorState:
         self.retry_not_before: dict[str, float] = {}
         for tenant in self.tenants.values():
             apply_blob_faults(tenant, self.faults, seed)
+        self.search = purview.SearchService(
+            self.tenants, faults=self.faults, seed=seed, clock=self.now, token=token, base_url=self.base_url,
+            polls=search_polls, page_size=search_page_size,
+        )
 
     def now(self) -> datetime:
         """The server's current time (aware UTC), from the injected clock."""
@@ -649,9 +660,10 @@ async def control_truth(request: web.Request) -> web.Response:
 
 
 async def control_stats(request: web.Request) -> web.Response:
-    """Request counts, faults injected, PublisherIdentifier use, rejected and widest windows."""
+    """Request counts, faults injected, PublisherIdentifier use, rejected and widest windows; the
+    audit search's own counters under ``search``."""
     state = request.app[STATE]
-    return _json(state.stats.to_json(state.injector.injected))
+    return _json({**state.stats.to_json(state.injector.injected), "search": state.search.stats.to_json()})
 
 
 async def control_incident(request: web.Request) -> web.Response:
@@ -684,6 +696,7 @@ def build_app(state: EmulatorState) -> web.Application:
     r.add_get("/_emulator/stats", control_stats)
     r.add_get("/_emulator/incident", control_incident)
     r.add_get("/_emulator/tenants", control_tenants)
+    purview.add_routes(app, state.search)
     return app
 
 
@@ -699,8 +712,11 @@ def default_tenant_id(seed: int) -> str:
 class EmulatorServer:
     """Generate tenants, serve them on a real port, and stop on exit: ``async with EmulatorServer(...) as emu``.
 
-    ``emu.base_url`` is ``http://HOST:PORT``, ``emu.api_root`` is ``{base_url}/api/v1.0``.
-    Tenants are generated with ``now = clock()`` at entry.
+    ``emu.base_url`` is ``http://HOST:PORT``, ``emu.api_root`` is ``{base_url}/api/v1.0``,
+    ``emu.graph_root`` is ``{base_url}/graph`` (the audit search is ``{graph_root}/beta/security/auditLog/queries``).
+    Tenants are generated with ``now = clock()`` at entry; ``days`` beyond 7 is history only the
+    audit search serves. ``search_polls`` is how many GETs a query takes to end, ``search_page_size``
+    the records per page of its results.
     """
 
     def __init__(
@@ -718,6 +734,8 @@ class EmulatorServer:
         token: str | None = None,
         clock: Callable[[], datetime] | None = None,
         subscriptions_enabled: bool = False,
+        search_polls: int = 2,
+        search_page_size: int = 100,
     ) -> None:
         self.tenant_ids = [str(uuid.UUID(t)) for t in tenant_ids] if tenant_ids else [default_tenant_id(seed)]
         self.seed = seed
@@ -731,6 +749,8 @@ class EmulatorServer:
         self.token = token
         self.clock = clock or _real_now
         self.subscriptions_enabled = subscriptions_enabled
+        self.search_polls = search_polls
+        self.search_page_size = search_page_size
         self._runner: web.AppRunner | None = None
         self._state: EmulatorState | None = None
         self.base_url = ""
@@ -747,6 +767,11 @@ class EmulatorServer:
         """``{base_url}/api/v1.0``: where a client's tenant paths start."""
         return f"{self.base_url}/api/v1.0"
 
+    @property
+    def graph_root(self) -> str:
+        """``{base_url}/graph``: where a Graph client's version paths (``/beta/...``) start."""
+        return f"{self.base_url}/graph"
+
     def _generate(self, now: datetime) -> list[SyntheticTenant]:
         return [
             SyntheticTenant.generate(
@@ -762,6 +787,7 @@ class EmulatorServer:
         self._state = EmulatorState(
             tenants, faults=self.faults, seed=self.seed, clock=self.clock, page_size=self.page_size,
             token=self.token, subscriptions_enabled=self.subscriptions_enabled,
+            search_polls=self.search_polls, search_page_size=self.search_page_size,
         )
         self._runner = web.AppRunner(build_app(self._state), access_log=None)
         await self._runner.setup()

@@ -10,6 +10,11 @@ same record and the ground truth counts it once.
 Each blob body is serialised once, when the blob is made; only the bytes, the record keys and
 where each record's text ends are kept, so a large tenant costs its serialised size and little
 more.
+
+``days`` may exceed the feed's 7 days: the older blobs are expired for the feed (it refuses
+their windows and their content) but their records stay in the tenant's unified audit log, which
+the audit search (:mod:`auditlake.emulator.purview`) serves. Generation is linear in
+``days * records_per_day`` (about 0.1 s per 3,000 records on one core).
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ import random
 import time
 import uuid
 from array import array
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import orjson
 
-from auditlake.emulator.faults import AddedRecords, Delivery, delivery, stable_seed
+from auditlake.emulator.faults import AddedRecords, Delivery, delivery, record_spans, stable_seed
 from auditlake.emulator.incident import Incident, RecordKey, record_key, script_incident
 from auditlake.emulator.synth import Record, RecordFactory, World
 from function_app.core.model import CONTENT_TYPES, utc
@@ -108,6 +114,16 @@ class EmulatedBlob:
         return next((reason for reason, flagged in flags if flagged), None)
 
 
+@dataclass(frozen=True, slots=True)
+class WithheldRecord:
+    """A record the ``feedmissing`` fault took out of the blob that carried it: in the audit
+    search, in no blob the feed serves. ``text`` is its JSON as the blob held it."""
+
+    key: RecordKey
+    text: bytes
+    content_id: str
+
+
 @dataclass(eq=False)
 class SyntheticTenant:
     """A tenant's blobs, sorted by (contentCreated, contentId), with lookups by id and by time."""
@@ -121,6 +137,11 @@ class SyntheticTenant:
     domain: str
     blobs: list[EmulatedBlob]
     incident: Incident | None = None
+    # Records the ``feedmissing`` fault withholds from the feed (see :meth:`withhold_from_feed`).
+    feed_missing: list[WithheldRecord] = field(default_factory=list)
+    # contentId -> (body, record_keys, ends) before records were withheld, to undo it.
+    _unwithheld: dict[str, tuple[bytes, list[RecordKey], array[int]]] = field(
+        init=False, repr=False, default_factory=dict)
     _by_id: dict[str, EmulatedBlob] = field(init=False, repr=False)
     _by_type: dict[str, list[EmulatedBlob]] = field(init=False, repr=False)
     _created: dict[str, list[datetime]] = field(init=False, repr=False)
@@ -184,6 +205,56 @@ class SyntheticTenant:
             extra={"tenant_id": tenant_id},
         )
         return tenant
+
+    def withhold_from_feed(self, count: int, seed: int) -> None:
+        """Take *count* records out of the blobs that carry them, the same ones for the same seed;
+        they land in :attr:`feed_missing`. Calling it again first puts back what it took.
+
+        Candidates are records in blobs the feed serves at generation time (available, not yet
+        expired), without incident records, delivered in no other blob (a re-delivered copy would
+        reach the collector anyway); a blob keeps at least one record. The blob's body, keys and
+        record ends are rewritten, so every fault applied after this one, and the feed's ground
+        truth, see the blob as served.
+        """
+        for content_id, (body, keys, ends) in self._unwithheld.items():
+            blob = self._by_id[content_id]
+            blob.body, blob.record_keys, blob.ends = body, keys, ends
+        self._unwithheld.clear()
+        self.feed_missing = []
+        if count <= 0:
+            return
+        seen: Counter[RecordKey] = Counter()
+        for b in self.blobs:
+            seen.update(set(b.record_keys))
+        candidates = [
+            (b, i) for b in self.blobs
+            if b.content_created <= self.now < b.content_expiration and not b.has_incident and len(b.record_keys) > 1
+            for i, key in enumerate(b.record_keys) if seen[key] == 1
+        ]
+        rng = random.Random(stable_seed(seed, self.tenant_id, "feedmissing"))
+        chosen: dict[str, set[int]] = {}
+        for b, i in rng.sample(candidates, min(count, len(candidates))):
+            taken = chosen.setdefault(b.content_id, set())
+            if len(taken) + 1 < len(b.record_keys):
+                taken.add(i)
+        for content_id, taken in chosen.items():
+            blob = self._by_id[content_id]
+            self._unwithheld[content_id] = (blob.body, blob.record_keys, blob.ends)
+            texts = [blob.body[start:end] for start, end in record_spans(blob.ends)]
+            kept = [i for i in range(len(texts)) if i not in taken]
+            new_ends: array[int] = array("I")
+            end = 0
+            for i in kept:
+                end += 1 + len(texts[i])
+                new_ends.append(end)
+            self.feed_missing.extend(
+                WithheldRecord(blob.record_keys[i], texts[i], content_id) for i in sorted(taken))
+            blob.body = b"[" + b",".join(texts[i] for i in kept) + b"]"
+            blob.record_keys = [blob.record_keys[i] for i in kept]
+            blob.ends = new_ends
+        if len(self.feed_missing) < count:
+            log.warning("tenant has only %d records eligible for feedmissing=%d", len(self.feed_missing), count,
+                        extra={"tenant_id": self.tenant_id})
 
     def blob(self, content_id: str) -> EmulatedBlob | None:
         """The blob with *content_id*, or None."""
