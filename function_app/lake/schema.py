@@ -12,6 +12,10 @@ deployed in the order tables, policies, views:
   ``<Table>Dedup`` (``take_any(*)`` by its key); a table whose columns carry a ``merge`` rule
   gets ``<Table>Summary`` (the rule's aggregate by its key). The local lake applies the same
   rules on write: ``INSERT OR IGNORE`` on the key, or an upsert with the merge rules.
+
+A third rule, ``Table.latest_by``, is for rows that restate a value (a recount): the row with the
+latest value of that column replaces the stored one. The local lake upserts so; ADX keeps every
+row, as it keeps every ContentLedger row, and its readers take ``arg_max(<latest_by>, *)`` by the key.
 """
 
 from __future__ import annotations
@@ -117,6 +121,11 @@ class Table:
     """When set, ADX gets a ``take_any(*)`` view by the key that looks back this many days."""
     from_records: bool = False
     """Built from audit records by ``function_app.records.tables`` (``auditlake flatten`` can print it)."""
+    latest_by: str | None = None
+    """When set, a row replaces the stored row of its key unless that one has a later value in this
+    column (a recount supersedes the count before it). Only the local lake folds on write; ADX
+    appends, so queries there take ``arg_max(<latest_by>, *)`` by the key (no materialized view:
+    such a table gains a few hundred rows a day, so folding it when read costs nothing)."""
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -365,6 +374,26 @@ SCHEMA_OBSERVATION = Table(
     from_records=True,
 )
 
+SEARCH_COUNT = Table(
+    "SearchCount",
+    (
+        _c("TenantId", S, "tenant searched", "(collector)"),
+        _c("Day", T, "the UTC day counted (midnight)", "(collector) search slice"),
+        _c("Workload", S, "Workload as in AuditRecord.Workload", "(collector) search slice"),
+        _c("RecordType", N, "RecordType as a number, as in AuditRecord.RecordType", "auditLogRecordType"),
+        _c("SearchRecords", L, "records Purview's audit search returned for the day, workload and record type",
+           "(count)"),
+        _c("Consistent", B, "false when two pagings of the same search disagreed (SearchRecords is then the larger)",
+           "(collector)"),
+        _c("CountedAt", T, "when the search was counted; the latest count of a key is the one that holds",
+           "(collector)"),
+    ),
+    key=("TenantId", "Day", "Workload", "RecordType"),
+    doc="Records Purview's audit search holds per tenant, day, workload and record type: what the feed is "
+        "reconciled against (the Completeness function)",
+    latest_by="CountedAt",
+)
+
 CHECKPOINT = Table(
     "Checkpoint",
     (
@@ -387,6 +416,7 @@ TABLES: tuple[Table, ...] = (
     CONTENT_LEDGER,
     COLLECTOR_RUN,
     SCHEMA_OBSERVATION,
+    SEARCH_COUNT,
     CHECKPOINT,
 )
 TABLES_BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
@@ -437,8 +467,12 @@ def duckdb_insert(table: Table, source: str) -> str:
 
     A plain table keeps the first row of a key (``INSERT OR IGNORE``). An aggregate table
     folds the batch by key with each column's merge rule, then merges it into the stored
-    row: min and max keep the extreme (NULLs ignored), sum adds.
+    row: min and max keep the extreme (NULLs ignored), sum adds. A ``latest_by`` table keeps
+    the batch's latest row of each key, which replaces the stored row unless that one is later
+    (a tie goes to the row written last, as a recount at the same instant should).
     """
+    if table.latest_by is not None:
+        return _duckdb_replace_latest(table, source)
     if not table.is_aggregate:
         return f"INSERT OR IGNORE INTO {_q(table.name)} SELECT * FROM {source}"
     key = ", ".join(_q(k) for k in table.key)
@@ -461,6 +495,22 @@ def duckdb_insert(table: Table, source: str) -> str:
     return (
         f"INSERT INTO {_q(table.name)} SELECT {', '.join(select)} FROM {source} GROUP BY {key} "
         f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(updates)}"
+    )
+
+
+def _duckdb_replace_latest(table: Table, source: str) -> str:
+    assert table.latest_by is not None
+    by = _q(table.column(table.latest_by).name)
+    key = ", ".join(_q(k) for k in table.key)
+    updates = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in table.column_names if c not in table.key)
+    stored = f"{_q(table.name)}.{by}"
+    # ON CONFLICT cannot update one row twice in a statement, so the batch is folded to one row
+    # per key first; a row without a time never displaces one with a time.
+    return (
+        f"INSERT INTO {_q(table.name)} SELECT * FROM {source} "
+        f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {by} DESC NULLS LAST) = 1 "
+        f"ON CONFLICT ({key}) DO UPDATE SET {updates} "
+        f"WHERE {stored} IS NULL OR excluded.{by} >= {stored}"
     )
 
 

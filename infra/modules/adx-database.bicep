@@ -86,6 +86,8 @@ var kqlScripts = [
   { name: 'function-OfficeActivity', content: loadTextContent('../../auditlake/kql/functions/OfficeActivity.kql') }
   { name: 'function-SchemaDrift', content: loadTextContent('../../auditlake/kql/functions/SchemaDrift.kql') }
   { name: 'function-ServicePrincipalActivity', content: loadTextContent('../../auditlake/kql/functions/ServicePrincipalActivity.kql') }
+  { name: 'function-Completeness', content: loadTextContent('../../auditlake/kql/functions/Completeness.kql') }
+  { name: 'function-CompletenessByDay', content: loadTextContent('../../auditlake/kql/functions/CompletenessByDay.kql') }
   { name: 'function-HealthChecks', content: loadTextContent('../../auditlake/kql/functions/HealthChecks.kql') }
   // Last, as it calls HealthChecks: the only script written here rather than loaded from a file.
   { name: 'function-HealthChecksForAlerts', content: healthChecksForAlerts }

@@ -39,7 +39,10 @@ def test_every_table_is_filled(tmp_path: Path) -> None:
             row = con.execute(sql).fetchone()
             return None if row is None else row[0]
 
+        # SearchCount holds what the Purview search counted: a feed collection has nothing to put there.
         for table in TABLES:
+            if table.name == "SearchCount":
+                continue
             assert scalar(f'SELECT count(*) FROM "{table.name}"') > 0, f"{table.name} is empty"
         # One MailItemAccess row per message: a Bind record lists several.
         assert scalar('SELECT count(*) FROM "MailItemAccess"') > scalar(
