@@ -6,17 +6,31 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+
+import duckdb
 
 from auditlake.lake.duckdb_lake import LocalLake
 from function_app.compose import AdxTarget, feeds_of, open_parts, utcnow
 from function_app.config import Settings
-from function_app.core.model import BlobStatus
+from function_app.core.model import BlobStatus, ContentBlob, utc
 from function_app.core.pipeline import CollectReport, Pipeline
 from function_app.core.process import BlobOutcome
 from function_app.o365.auth import TokenProvider
+from function_app.purview.backfill import (
+    SEARCH_CONTENT_TYPE,
+    BackfillOptions,
+    BackfillReport,
+    BackfillRunner,
+    SliceRow,
+    TenantBackfill,
+)
+from function_app.purview.client import SearchUnavailableError
 
 log = logging.getLogger(__name__)
+
+DEFAULT_BACKFILL = timedelta(days=180)
+"""How far back ``backfill`` goes without ``since``: Purview's Standard retention."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,3 +97,77 @@ async def collect(
                     return report
             except TimeoutError:
                 pass
+
+
+class LakeSliceLedger:
+    """``purview.backfill.SliceLedger`` over the lake's ``ContentLedger`` (the rows the lake's state
+    store writes): what the StateStore port cannot do for search slices."""
+
+    def __init__(self, lake: LocalLake) -> None:
+        self._lake = lake
+
+    async def slice_rows(self, tenant_id: str) -> dict[str, SliceRow]:
+        def q(con: duckdb.DuckDBPyConnection) -> dict[str, SliceRow]:
+            rows = con.execute(
+                'SELECT "ContentId", "Status", "ContentUri" FROM "ContentLedger" '
+                'WHERE "TenantId" = ? AND "ContentType" = ?', [tenant_id, SEARCH_CONTENT_TYPE]).fetchall()
+            return {str(cid): SliceRow(str(status), str(uri or "")) for cid, status, uri in rows}
+
+        return await self._lake.run(q)
+
+    async def set_query(self, blob: ContentBlob) -> None:
+        def q(con: duckdb.DuckDBPyConnection) -> None:
+            con.execute(
+                'UPDATE "ContentLedger" SET "ContentUri" = ?, "Status" = ? '
+                'WHERE "TenantId" = ? AND "ContentType" = ? AND "ContentId" = ?',
+                [blob.content_uri, BlobStatus.QUEUED.value, blob.tenant_id, blob.content_type, blob.content_id])
+
+        await self._lake.run(q)
+
+
+async def backfill(
+    settings: Settings,
+    lake: LocalLake,
+    tenant_ids: Sequence[str] = (),
+    since: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    adx: AdxTarget | None = None,
+    tokens: TokenProvider | None = None,
+    env: Mapping[str, str] | None = None,
+    options: BackfillOptions | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    on_slice: Callable[[str, str], None] | None = None,
+) -> BackfillReport:
+    """Backfill ``[since, until)`` (default: the last 180 days up to now) from the Purview audit
+    search into *lake* (or with *adx* into ADX; the lake keeps the slice ledger either way).
+
+    *since* is floored to its UTC midnight. The range includes the feed's own 7 days on purpose:
+    records the search holds and the feed never delivered are found there, and what the feed did
+    deliver is de-duplicated by the record key. Running it again continues where it stopped:
+    days already complete are skipped. Tenants whose cloud has no search API get one error line
+    in the report; a failure of the lake itself raises, as ``collect`` does."""
+    now = utc(clock())
+    until = utc(until) if until is not None else now
+    since = utc(since) if since is not None else until - DEFAULT_BACKFILL
+    feeds = feeds_of(settings, tenant_ids)
+    report = BackfillReport()
+    async with open_parts(settings, feeds=feeds, lake=lake, adx=adx, tokens=tokens, env=env, clock=clock,
+                          search=True) as parts:
+        assert parts.search is not None
+        runner = BackfillRunner(search=parts.search, state=parts.state, ledger=LakeSliceLedger(lake),
+                                sink=parts.sink, build_rows=parts.build_rows, clock=parts.clock,
+                                options=options, on_slice=on_slice)
+        for tenant in feeds:
+            try:
+                parts.search.client_for(tenant.tenant_id)
+            except SearchUnavailableError as exc:
+                # Before any slice is planned: nothing in the ledger for a search that cannot run.
+                # The report carries the reason to the front end, which says it once.
+                log.info("no backfill tenant_id=%s: %s", tenant.tenant_id, exc)
+                skipped = TenantBackfill(tenant.tenant_id, since, until)
+                skipped.errors.append(str(exc))
+                report.tenants.append(skipped)
+                continue
+            report.tenants.append(await runner.run(tenant.tenant_id, since, until))
+    return report

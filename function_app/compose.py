@@ -16,7 +16,9 @@ What is built:
   dead-letter container);
 * whenever the sink is ADX, the state store is wrapped so every ledger change and planning pass
   is also written to ADX's ``ContentLedger`` and ``CollectorRun``: which ledger ADX holds never
-  depends on which entry point ran.
+  depends on which entry point ran;
+* with ``search=True``, the Purview audit search clients (``backfill``): one per Graph root, on
+  the same HTTP session, with tokens for Graph's scope, routed by tenant (``SearchRouter``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ from function_app.o365.auth import TokenProvider, token_provider_from_env
 from function_app.o365.client import ManagementApiClient
 from function_app.o365.clouds import Cloud
 from function_app.o365.retry import RetryPolicy
+from function_app.purview.client import (
+    SEARCH_CLOUDS,
+    PurviewSearchClient,
+    QueryState,
+    SearchUnavailableError,
+    graph_root_of,
+    graph_scope,
+)
 from function_app.records.flatten import BlobContext
 from function_app.records.tables import flatten_tables
 
@@ -117,6 +127,36 @@ class TenantRouter:
         return await self.api_for(tenant_id).api.fetch_content(tenant_id, content_uri)
 
 
+class SearchRouter:
+    """The Purview audit search over several tenants (``purview.backfill.SearchApi``): every call
+    goes to the client of its tenant's Graph root. A tenant whose cloud has no such API (and no
+    ``AUDITLAKE_GRAPH_ROOT`` override) gets SearchUnavailableError, one line naming the cloud."""
+
+    def __init__(self, clients: Mapping[str, PurviewSearchClient | str]) -> None:
+        self.clients = {tid.lower(): c for tid, c in clients.items()}
+
+    def client_for(self, tenant_id: str) -> PurviewSearchClient:
+        found = self.clients.get(tenant_id.lower())
+        if found is None:
+            raise UntrustedMessageError("tenantId: not a monitored tenant", field="tenantId")
+        if isinstance(found, str):
+            raise SearchUnavailableError(found)
+        return found
+
+    async def create_query(
+        self, tenant_id: str, start: datetime, end: datetime, *, display_name: str,
+        services: Sequence[str] = (), record_types: Sequence[str] = (),
+    ) -> QueryState:
+        return await self.client_for(tenant_id).create_query(
+            tenant_id, start, end, display_name=display_name, services=services, record_types=record_types)
+
+    async def get_query(self, tenant_id: str, query_url: str) -> QueryState:
+        return await self.client_for(tenant_id).get_query(tenant_id, query_url)
+
+    def records(self, tenant_id: str, query_url: str) -> AsyncIterator[list[dict[str, Any]]]:
+        return self.client_for(tenant_id).records(tenant_id, query_url)
+
+
 class Lake(Sink, Protocol):
     """A local lake (the local tool's DuckDB file): a sink that also keeps the run's state.
 
@@ -152,14 +192,46 @@ class Parts:
     clock: Callable[[], datetime]
     queue: ContentQueue | None = None
     deadletter: DeadLetterStore | None = None
+    search: SearchRouter | None = None
+
+
+def _retry_of(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(max_attempts=settings.retry_attempts, base_delay=settings.retry_base,
+                       max_delay=settings.retry_max)
+
+
+def _open_search(
+    settings: Settings, feeds: Sequence[TenantConfig], session: aiohttp.ClientSession, stack: AsyncExitStack,
+    *, tokens: TokenProvider | None, env: Mapping[str, str],
+) -> SearchRouter:
+    """One search client per Graph root; a tenant in a cloud without the API gets the reason instead."""
+    clients: dict[str, PurviewSearchClient] = {}
+    routed: dict[str, PurviewSearchClient | str] = {}
+    for tenant in feeds:
+        cloud = Cloud.parse(tenant.cloud)
+        if settings.graph_root is None and cloud not in SEARCH_CLOUDS:
+            routed[tenant.tenant_id] = (f"the Purview audit search API does not exist in cloud {cloud.value} "
+                                        f"(Microsoft Graph offers it in the global service only); "
+                                        f"no backfill for tenant {tenant.tenant_id}, the feed keeps working")
+            continue
+        root = graph_root_of(cloud, settings.graph_root)
+        client = clients.get(root)
+        if client is None:
+            provider = tokens or token_provider_from_env(env, cloud, scope=graph_scope(root))
+            close = getattr(provider, "close", None)
+            if close is not None and provider is not tokens:
+                stack.push_async_callback(close)
+            client = PurviewSearchClient(session, graph_root=root, tokens=provider, retry=_retry_of(settings),
+                                         cloud=cloud.value, timeout=settings.http_timeout)
+            clients[root] = client
+        routed[tenant.tenant_id] = client
+    return SearchRouter(routed)
 
 
 async def _open_clients(
-    settings: Settings, feeds: Sequence[TenantConfig], stack: AsyncExitStack, *, keep_body: bool,
-    memory_factor: int, tokens: TokenProvider | None, env: Mapping[str, str],
+    settings: Settings, feeds: Sequence[TenantConfig], session: aiohttp.ClientSession, stack: AsyncExitStack, *,
+    keep_body: bool, memory_factor: int, tokens: TokenProvider | None, env: Mapping[str, str],
 ) -> TenantRouter:
-    connector = aiohttp.TCPConnector(limit=max(16, settings.concurrency * 2))
-    session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
     # One budget for the process: every blob in flight, whichever tenant, draws from it.
     memory = MemoryBudget(settings.memory_budget_mb * 1024 * 1024)
     publisher = settings.publisher_id or (feeds[0].tenant_id if feeds else "")
@@ -176,8 +248,7 @@ async def _open_clients(
                 stack.push_async_callback(close)
             client = ManagementApiClient(
                 session, api_root=root, publisher_id=publisher, tokens=provider,
-                retry=RetryPolicy(max_attempts=settings.retry_attempts, base_delay=settings.retry_base,
-                                  max_delay=settings.retry_max),
+                retry=_retry_of(settings),
                 timeout=settings.http_timeout, max_blob_bytes=settings.max_blob_bytes,
                 keep_body=keep_body, memory=memory, memory_factor=memory_factor,
             )
@@ -224,22 +295,28 @@ async def open_parts(
     tokens: TokenProvider | None = None,
     env: Mapping[str, str] | None = None,
     clock: Callable[[], datetime] = utcnow,
+    search: bool = False,
 ) -> AsyncIterator[Parts]:
     """The parts of a run, released when the context ends.
 
     Exactly one place for state: *lake* (the local lake's ledger and checkpoints) or *azure*
     (Table Storage, with the content queue and the dead-letter container). The sink is *adx* when
     given (for *azure*, its ADX settings), else the lake. Whenever the sink is ADX the state is
-    mirrored into ADX's ledger. *feeds* defaults to ``settings.tenants``.
+    mirrored into ADX's ledger. *feeds* defaults to ``settings.tenants``. With *search*, the
+    parts include the Purview audit search clients of the feeds' tenants (``Parts.search``).
     """
     if (lake is None) == (azure is None):
         raise ValueError("a run keeps its state in the local lake or in Azure, exactly one")
     chosen = tuple(feeds if feeds is not None else settings.tenants)
     async with AsyncExitStack() as stack:
         into_lake = adx is None and azure is None
-        router = await _open_clients(settings, chosen, stack, keep_body=keep_body or azure is not None,
+        environ = env if env is not None else os.environ
+        connector = aiohttp.TCPConnector(limit=max(16, settings.concurrency * 2))
+        session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
+        router = await _open_clients(settings, chosen, session, stack, keep_body=keep_body or azure is not None,
                                      memory_factor=LAKE_BLOB_MEMORY_FACTOR if into_lake else BLOB_MEMORY_FACTOR,
-                                     tokens=tokens, env=env if env is not None else os.environ)
+                                     tokens=tokens, env=environ)
+        searcher = _open_search(settings, chosen, session, stack, tokens=tokens, env=environ) if search else None
         queue: ContentQueue | None = None
         deadletter: DeadLetterStore | None = None
         state: Any
@@ -258,7 +335,7 @@ async def open_parts(
             assert lake is not None
             sink = lake
         yield Parts(settings=settings, feeds=chosen, api=router, state=state, sink=sink, rules=rules_of(settings),
-                    build_rows=build_rows, clock=clock, queue=queue, deadletter=deadletter)
+                    build_rows=build_rows, clock=clock, queue=queue, deadletter=deadletter, search=searcher)
 
 
 async def _azure_state(

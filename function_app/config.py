@@ -117,6 +117,9 @@ SETTINGS: tuple[SettingDef, ...] = (
         "`Enterprise`, `GCC`, `GCCHigh` or `DoD`: selects the API root, token authority and audience")),
     SettingDef("AUDITLAKE_API_ROOT", Kind.URL, unset="the cloud's", doc=(
         "override of the API root, e.g. an emulator's `http://127.0.0.1:8765/api/v1.0`")),
+    SettingDef("AUDITLAKE_GRAPH_ROOT", Kind.URL, unset="the cloud's Graph root", doc=(
+        "override of the Microsoft Graph root the Purview audit search (`backfill`) calls, e.g. an emulator's "
+        "`http://127.0.0.1:8765/graph`; `/beta/security/auditLog/queries` is appended")),
     SettingDef("AUDITLAKE_PUBLISHER_ID", Kind.GUID, unset="the first tenant", doc=(
         "`PublisherIdentifier` sent on every call (your own tenant GUID for an in-house deployment)")),
     SettingDef("AUDITLAKE_OVERLAP_MINUTES", Kind.NUMBER, default="60", doc=(
@@ -338,6 +341,7 @@ class Settings:
     tenants: tuple[TenantConfig, ...] = ()
     cloud: str = _default("AUDITLAKE_CLOUD")
     api_root: str | None = None
+    graph_root: str | None = None
     publisher_id: str | None = None
     overlap: timedelta = timedelta(minutes=_default_number("AUDITLAKE_OVERLAP_MINUTES"))
     safety_lag: timedelta = timedelta(seconds=_default_number("AUDITLAKE_SAFETY_LAG_SECONDS"))
@@ -361,6 +365,9 @@ class Settings:
         api_root = _text(env, "AUDITLAKE_API_ROOT") or None
         if api_root is not None and not re.match(r"^https?://[^/]+", api_root):
             raise SettingsError(f"AUDITLAKE_API_ROOT: not an http(s) URL: {api_root!r}")
+        graph_root = _text(env, "AUDITLAKE_GRAPH_ROOT") or None
+        if graph_root is not None and not re.match(r"^https?://[^/]+", graph_root):
+            raise SettingsError(f"AUDITLAKE_GRAPH_ROOT: not an http(s) URL: {graph_root!r}")
         budget_mb = int(_number(env, "AUDITLAKE_MEMORY_BUDGET_MB", minimum=64))
         # The largest blob that fits the budget on its own: a larger one could not be processed
         # without going past the memory the instance has, so it is refused (and failed, said so).
@@ -378,6 +385,7 @@ class Settings:
             tenants=parse_tenants(_text(env, "AUDITLAKE_TENANTS"), cloud),
             cloud=cloud,
             api_root=api_root.rstrip("/") if api_root else None,
+            graph_root=graph_root.rstrip("/") if graph_root else None,
             publisher_id=publisher,
             overlap=timedelta(minutes=_number(env, "AUDITLAKE_OVERLAP_MINUTES")),
             safety_lag=timedelta(seconds=_number(env, "AUDITLAKE_SAFETY_LAG_SECONDS")),

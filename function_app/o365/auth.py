@@ -129,8 +129,12 @@ class AzureIdentityTokenProvider:
         managed_identity_client_id: str | None = None,
         federated_token_file: str | None = None,
         token_exchange_audience: str = TOKEN_EXCHANGE_AUDIENCE,
+        scope: str | None = None,
     ) -> None:
         self._cloud = cloud
+        # Another API of the same cloud (Microsoft Graph for the Purview audit search) takes the
+        # same credential with its own audience; by default the Management API's.
+        self._scope = scope or cloud.scope
         self._client_id = client_id or None
         self._client_secret = client_secret or None
         self._certificate_path = certificate_path or None
@@ -171,8 +175,8 @@ class AzureIdentityTokenProvider:
 
     @property
     def scope(self) -> str:
-        """The scope requested: the cloud's Management API audience ``/.default``."""
-        return self._cloud.scope
+        """The scope requested: the one given, else the cloud's Management API audience ``/.default``."""
+        return self._scope
 
     def credential_for(self, tenant_id: str) -> AsyncTokenCredential:
         """The (cached) credential that issues tokens for *tenant_id*; builds it on first use."""
@@ -307,8 +311,9 @@ def _retry_after_of(exc: ClientAuthenticationError) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def token_provider_from_env(env: Mapping[str, str], cloud: Cloud) -> TokenProvider:
-    """Choose how to authenticate from *env*, first match wins.
+def token_provider_from_env(env: Mapping[str, str], cloud: Cloud, *, scope: str | None = None) -> TokenProvider:
+    """Choose how to authenticate from *env*, first match wins; tokens are for *scope* (default:
+    the cloud's Management API, ``cloud.scope``; Graph's for the Purview audit search).
 
     1. ``AUDITLAKE_API_TOKEN``: a static bearer token.
     2. ``AZURE_FEDERATED_TOKEN_FILE`` (+ ``AZURE_CLIENT_ID``): workload identity.
@@ -342,7 +347,7 @@ def token_provider_from_env(env: Mapping[str, str], cloud: Cloud) -> TokenProvid
     token_file = get("AZURE_FEDERATED_TOKEN_FILE")
     if token_file:
         return AzureIdentityTokenProvider(
-            cloud, need_client_id("AZURE_FEDERATED_TOKEN_FILE"), federated_token_file=token_file
+            cloud, need_client_id("AZURE_FEDERATED_TOKEN_FILE"), federated_token_file=token_file, scope=scope
         )
     federated_mi = get("AUDITLAKE_FEDERATED_MI")
     if federated_mi is not None and federated_mi.lower() in {"1", "true", "yes"}:
@@ -352,6 +357,7 @@ def token_provider_from_env(env: Mapping[str, str], cloud: Cloud) -> TokenProvid
             federated_with_managed_identity=True,
             managed_identity_client_id=get("MANAGED_IDENTITY_CLIENT_ID"),
             token_exchange_audience=exchange_audience,
+            scope=scope,
         )
     certificate = get("AZURE_CLIENT_CERTIFICATE_PATH")
     if certificate:
@@ -360,13 +366,16 @@ def token_provider_from_env(env: Mapping[str, str], cloud: Cloud) -> TokenProvid
             need_client_id("AZURE_CLIENT_CERTIFICATE_PATH"),
             certificate_path=certificate,
             certificate_password=get("AZURE_CLIENT_CERTIFICATE_PASSWORD"),
+            scope=scope,
         )
     secret = get("AZURE_CLIENT_SECRET")
     if secret:
-        return AzureIdentityTokenProvider(cloud, need_client_id("AZURE_CLIENT_SECRET"), client_secret=secret)
+        return AzureIdentityTokenProvider(cloud, need_client_id("AZURE_CLIENT_SECRET"), client_secret=secret,
+                                          scope=scope)
     return AzureIdentityTokenProvider(
         cloud,
         None,
         use_managed_identity=True,
         managed_identity_client_id=get("MANAGED_IDENTITY_CLIENT_ID") or client_id,
+        scope=scope,
     )

@@ -19,7 +19,7 @@ from function_app.core.messages import check_content_uri
 from function_app.core.model import ContentBlob, FetchedContent, utc
 from function_app.o365.auth import TokenProvider
 from function_app.o365.errors import BodyCutOffError, Decision, IncompleteContentError, Verdict, classify
-from function_app.o365.retry import RetryPolicy, RetryStats, is_transient
+from function_app.o365.retry import RetryPolicy, RetryStats
 from function_app.records.reader import RecoveredRecord, parse_content
 
 log = logging.getLogger(__name__)
@@ -364,18 +364,7 @@ class ManagementApiClient:
         return answer
 
     async def _call(self, fn: Callable[[], Awaitable[T]], label: str) -> T:
-        try:
-            return await self._retry.call(fn, label)
-        except ApiError:
-            raise
-        except MalformedContentError:
-            raise
-        except Exception as exc:
-            if is_transient(exc):
-                # The core only understands core.errors; a transport failure that outlived the
-                # retries is reported as retryable so the message is redelivered later.
-                raise RetryableError(f"transport failure ({label}): {type(exc).__name__}: {exc}") from exc
-            raise
+        return await self._retry.call_for_core(fn, label, passthrough=(MalformedContentError,))
 
 
 def format_time(value: datetime) -> str:

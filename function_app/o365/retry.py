@@ -14,7 +14,7 @@ from typing import TypeVar
 import aiohttp
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from function_app.core.errors import RetryableError, ThrottledError
+from function_app.core.errors import ApiError, RetryableError, ThrottledError
 from function_app.core.model import PLANNING_RUN
 from function_app.o365.errors import IncompleteContentError, retry_after_of
 
@@ -150,6 +150,23 @@ class RetryPolicy:
             if is_transient(exc):
                 self.stats.gave_up += 1
                 log.warning("giving up %s: %s", label, _describe(exc))
+            raise
+
+    async def call_for_core(
+        self, fn: Callable[[], Awaitable[T]], label: str = "", *, passthrough: tuple[type[BaseException], ...] = (),
+    ) -> T:
+        """:meth:`call`, with a transport failure that outlived the retries raised as a RetryableError:
+        the core understands only core.errors, and a retryable failure is tried again later (the
+        message redelivered, the slice or window left for the next pass). ApiErrors and the
+        *passthrough* types go up as they are."""
+        kept: tuple[type[BaseException], ...] = (ApiError, *passthrough)
+        try:
+            return await self.call(fn, label)
+        except kept:
+            raise
+        except Exception as exc:
+            if is_transient(exc):
+                raise RetryableError(f"transport failure ({label}): {type(exc).__name__}: {exc}") from exc
             raise
 
     def _wait(self, state: RetryCallState) -> float:

@@ -64,6 +64,7 @@ NOT_DEPLOYED = {
     "AzureWebJobsStorage": "a connection string carries the account key and overrides the identity-based one",
     "AzureWebJobsStorage__accountName": "derives *.core.windows.net; the service URIs work in every cloud",
     "AUDITLAKE_API_ROOT": "an override for the emulator; the cloud selects the real root",
+    "AUDITLAKE_GRAPH_ROOT": "an override for the emulator's Graph; the cloud selects the real root",
     "AUDITLAKE_API_TOKEN": "a static bearer token for tests and the emulator",
     "AUDITLAKE_MAX_BLOB_BYTES": "follows from AUDITLAKE_MEMORY_BUDGET_MB, which Bicep sets from the instance size",
     "ADX_ALLOW_INSECURE_HTTP": "a plain-http fake ADX gets no authentication: tests only, never in Azure",
