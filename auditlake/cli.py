@@ -659,6 +659,50 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from auditlake.lake.duckdb_lake import LakeUnavailableError
+    from auditlake.localrun import backfill
+
+    settings = _settings(args)
+    if args.graph_root:
+        from dataclasses import replace
+
+        settings = replace(settings, graph_root=args.graph_root)
+    if not (args.tenant_id or settings.tenants):
+        raise CliError("no tenant: pass --tenant-id GUID or set AUDITLAKE_TENANTS")
+    _check_credential_env(settings)
+    if args.since is not None and args.until is not None and args.since >= args.until:
+        raise UsageError("--since must be before --until")
+    adx = _adx_target(args)
+    lake = _open_lake_for_writing(args.lake, "backfill")
+    progress = _ProgressView(enabled=sys.stderr.isatty() and not args.quiet)
+
+    def on_slice(slice_id: str, status: str) -> None:
+        if status == "listed":
+            progress.listed(1)
+        elif status in ("ingested", "failed"):
+            progress.settled(status)
+
+    try:
+        with progress:
+            report = asyncio.run(backfill(settings, lake, args.tenant_id or (), since=args.since, until=args.until,
+                                          adx=adx, on_slice=on_slice))
+    except LakeUnavailableError as exc:
+        # Slices not settled stay in the ledger; the next run re-polls or redoes their days.
+        raise CliError(lake_error_line(exc, "backfill")) from None
+    finally:
+        lake.close()
+    print(report.summary())
+    errors = [e for t in report.tenants for e in t.errors]
+    if errors:
+        more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+        raise CliError(f"the backfill is not complete: {errors[0]}{more}")
+    if not report.ok:
+        raise CliError("the backfill is not complete: some slices failed; run it again to continue "
+                       "(`ContentLedger | where ContentType == 'Purview.Search'` shows each slice and why)")
+    return 0
+
+
 # A spray: one address failing with a bad password (AADSTS 50126) against many users
 # within an hour. Office NAT addresses fail often too, but spread over days.
 _SPRAY = """let spray = AuditRecord
@@ -957,6 +1001,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-serve", action="store_true", help="do not serve the lake while collecting")
     p.add_argument("--quiet", action="store_true", help="no progress bar (the per-pass status lines stay)")
     p.set_defaults(func=cmd_collect)
+
+    p = command("backfill", "fetch history past the feed's 7 days from the Purview audit search, "
+                            "and what the feed never delivered")
+    p.add_argument("--tenant-id", action="append", type=_guid, metavar="GUID",
+                   help="tenant to backfill (repeatable; default: $AUDITLAKE_TENANTS)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--cloud", choices=_CLOUDS, help=_CLOUD_HELP)
+    where.add_argument("--graph-root", type=_api_root, metavar="URL",
+                       help="Microsoft Graph root instead of the cloud's, e.g. an emulator's "
+                            "http://127.0.0.1:8765/graph (default: $AUDITLAKE_GRAPH_ROOT)")
+    p.add_argument("--since", type=_since, metavar="WHEN",
+                   help="how far back: 90d, 12h or an ISO datetime, from its UTC midnight (default: 180 days, "
+                        "Purview's standard retention)")
+    p.add_argument("--until", type=_since, metavar="WHEN", help="where to stop (default: now)")
+    p.add_argument("--lake", default=lake, help=_LAKE_HELP + "; with --adx-ingest-uri it keeps only the ledger")
+    p.add_argument("--adx-ingest-uri", metavar="URL", help="write the records into ADX instead (as collect)")
+    p.add_argument("--adx-database", metavar="NAME", help="the ADX database (with --adx-ingest-uri)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_backfill, api_root=None, publisher_id=None, concurrency=None)
 
     p = command("replay", "re-drive failed blobs that have not expired")
     target = p.add_mutually_exclusive_group()
