@@ -1012,8 +1012,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Microsoft Graph root instead of the cloud's, e.g. an emulator's "
                             "http://127.0.0.1:8765/graph (default: $AUDITLAKE_GRAPH_ROOT)")
     p.add_argument("--since", type=_since, metavar="WHEN",
-                   help="how far back: 90d, 12h or an ISO datetime, from its UTC midnight (default: 180 days, "
-                        "Purview's standard retention)")
+                   help="how far back: 90d, 12h or an ISO datetime, from its UTC midnight (default: "
+                        "$AUDITLAKE_SEARCH_HISTORY_DAYS days, else 180: Purview's standard retention)")
     p.add_argument("--until", type=_since, metavar="WHEN", help="where to stop (default: now)")
     p.add_argument("--lake", default=lake, help=_LAKE_HELP + "; with --adx-ingest-uri it keeps only the ledger")
     p.add_argument("--adx-ingest-uri", metavar="URL", help="write the records into ADX instead (as collect)")

@@ -29,9 +29,6 @@ from function_app.purview.client import SearchUnavailableError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BACKFILL = timedelta(days=180)
-"""How far back ``backfill`` goes without ``since``: Purview's Standard retention."""
-
 
 @dataclass(frozen=True, slots=True)
 class Progress:
@@ -139,8 +136,8 @@ async def backfill(
     clock: Callable[[], datetime] = utcnow,
     on_slice: Callable[[str, str], None] | None = None,
 ) -> BackfillReport:
-    """Backfill ``[since, until)`` (default: the last 180 days up to now) from the Purview audit
-    search into *lake* (or with *adx* into ADX; the lake keeps the slice ledger either way).
+    """Backfill ``[since, until)`` (by default the last ``AUDITLAKE_SEARCH_HISTORY_DAYS`` days up to
+    now) from the Purview audit search into *lake* (or with *adx* into ADX; the lake keeps the slice ledger either way).
 
     *since* is floored to its UTC midnight. The range includes the feed's own 7 days on purpose:
     records the search holds and the feed never delivered are found there, and what the feed did
@@ -149,7 +146,7 @@ async def backfill(
     in the report; a failure of the lake itself raises, as ``collect`` does."""
     now = utc(clock())
     until = utc(until) if until is not None else now
-    since = utc(since) if since is not None else until - DEFAULT_BACKFILL
+    since = utc(since) if since is not None else until - timedelta(days=settings.search_history_days)
     feeds = feeds_of(settings, tenant_ids)
     report = BackfillReport()
     async with open_parts(settings, feeds=feeds, lake=lake, adx=adx, tokens=tokens, env=env, clock=clock,

@@ -98,6 +98,7 @@ class SettingDef:
 STORAGE_SETTING = "AzureWebJobsStorage"
 CONTENT_QUEUE_SETTING = "CONTENT_QUEUE"
 COLLECT_SCHEDULE_SETTING = "COLLECT_SCHEDULE"
+SEARCH_SCHEDULE_SETTING = "SEARCH_SCHEDULE"
 ADX_INSECURE_SETTING = "ADX_ALLOW_INSECURE_HTTP"
 POISON_SUFFIX = "-poison"
 
@@ -144,6 +145,9 @@ SETTINGS: tuple[SettingDef, ...] = (
     SettingDef("AUDITLAKE_HTTP_TIMEOUT_SECONDS", Kind.NUMBER, default="120", doc="per request"),
     SettingDef("AUDITLAKE_CONCURRENCY", Kind.INT, default="32", doc=(
         "blobs fetched and flattened at once by the local collector")),
+    SettingDef("AUDITLAKE_SEARCH_HISTORY_DAYS", Kind.INT, default="180", doc=(
+        "days of history the Purview audit search backfill keeps whole (Purview Standard's retention): the "
+        "Functions app's search timer backfills `[today - N days, yesterday)`, skipping days already done")),
     # Authentication to the Management Activity API (o365/auth.py token_provider_from_env, first match wins).
     SettingDef("AUDITLAKE_API_TOKEN", Kind.SECRET, doc=(
         "a static bearer token for every tenant (tests, the emulator, a token minted by hand); "
@@ -192,6 +196,9 @@ SETTINGS: tuple[SettingDef, ...] = (
     SettingDef(COLLECT_SCHEDULE_SETTING, Kind.NCRONTAB, scope=_B, default="0 */2 * * * *", required_in_azure=True,
                doc="the timer (six-field NCRONTAB); the host resolves `%COLLECT_SCHEDULE%` in the timer triggers "
                    "itself"),
+    SettingDef("SEARCH_SCHEDULE", Kind.NCRONTAB, scope=_B, default="0 30 3 * * *", required_in_azure=True,
+               doc="the Purview audit search timer (six-field NCRONTAB, UTC): daily, so day D is searched on D+2 "
+                   "once Purview had a day to catch up; the first runs are the onboarding backfill"),
     SettingDef("ADX_INGEST_URI", Kind.URL, scope=_A, required_in_azure=True, doc=(
         "ADX data-management URI (`https://ingest-<cluster>.<region>.kusto.windows.net`)")),
     SettingDef("ADX_DATABASE", Kind.TEXT, scope=_A, required_in_azure=True, doc="ADX database"),
@@ -249,6 +256,7 @@ AZURE_SETTING_NAMES: frozenset[str] = frozenset(d.name for d in SETTINGS if d.sc
 
 DEFAULT_CONTENT_QUEUE = _default(CONTENT_QUEUE_SETTING)
 DEFAULT_COLLECT_SCHEDULE = _default(COLLECT_SCHEDULE_SETTING)
+DEFAULT_SEARCH_SCHEDULE = _default(SEARCH_SCHEDULE_SETTING)
 DEFAULT_STATE_TABLE_PREFIX = _default("STATE_TABLE_PREFIX")
 DEFAULT_DEADLETTER_CONTAINER = _default("DEADLETTER_CONTAINER")
 
@@ -282,6 +290,14 @@ def _number(env: Mapping[str, str], name: str, *, minimum: float = 0, default: f
     if value < minimum:
         raise SettingsError(f"{name}: must be at least {minimum}, got {raw!r}")
     return value
+
+
+def _whole(env: Mapping[str, str], name: str, *, minimum: int) -> int:
+    """*name* as a whole number of at least *minimum* (unset: the definition's default)."""
+    value = _number(env, name, minimum=minimum)
+    if value != int(value):
+        raise SettingsError(f"{name}: expected a whole number, got {env.get(name)!r}")
+    return int(value)
 
 
 def parse_content_types(value: str | list[str], setting: str) -> tuple[str, ...]:
@@ -353,6 +369,8 @@ class Settings:
     retry_max: float = _default_number("AUDITLAKE_RETRY_MAX_SECONDS")
     http_timeout: float = _default_number("AUDITLAKE_HTTP_TIMEOUT_SECONDS")
     concurrency: int = int(_default_number("AUDITLAKE_CONCURRENCY"))
+    search_history_days: int = int(_default_number("AUDITLAKE_SEARCH_HISTORY_DAYS"))
+    """How many days back the Purview audit search backfill reaches (the Functions app's search timer)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -397,6 +415,7 @@ class Settings:
             retry_max=_number(env, "AUDITLAKE_RETRY_MAX_SECONDS"),
             http_timeout=_number(env, "AUDITLAKE_HTTP_TIMEOUT_SECONDS", minimum=1),
             concurrency=int(_number(env, "AUDITLAKE_CONCURRENCY", minimum=1)),
+            search_history_days=_whole(env, "AUDITLAKE_SEARCH_HISTORY_DAYS", minimum=2),
         )
 
 
@@ -531,6 +550,7 @@ class AzureSettings:
     adx_database: str
     content_queue: str = DEFAULT_CONTENT_QUEUE
     collect_schedule: str = DEFAULT_COLLECT_SCHEDULE
+    search_schedule: str = DEFAULT_SEARCH_SCHEDULE
     adx_streaming: bool = _default_flag("ADX_STREAMING")
     adx_engine_uri: str | None = None
     adx_client_id: str | None = None
@@ -598,6 +618,8 @@ class AzureSettings:
             adx_database=database,
             content_queue=_queue_or_container(env, CONTENT_QUEUE_SETTING, reserve=len(POISON_SUFFIX)),
             collect_schedule=check_ncrontab(_text(env, COLLECT_SCHEDULE_SETTING) or _default(COLLECT_SCHEDULE_SETTING)),
+            search_schedule=check_ncrontab(_text(env, SEARCH_SCHEDULE_SETTING) or _default(SEARCH_SCHEDULE_SETTING),
+                                           SEARCH_SCHEDULE_SETTING),
             adx_streaming=_flag(env, "ADX_STREAMING"),
             adx_engine_uri=engine,
             adx_client_id=adx_client_id,

@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from typing import cast
 
 from function_app.azure.ingest_failures import FailureReports, StatusQueueReports
-from function_app.compose import open_parts
+from function_app.azure.mirror import AdxMirroredState
+from function_app.compose import SearchRouter, open_parts
 from function_app.config import app_settings
 from function_app.core.delivery import Runtime
 from function_app.core.ports import ClaimingStateStore
 from function_app.lake.adx import AdxSink
 from function_app.o365.retry import is_transient
+from function_app.purview.backfill import SliceLedger
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,17 @@ class _Built:
     runtime: Runtime
     stack: AsyncExitStack
     failure_reports: FailureReports | None = None
+    search: SearchRouter | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchParts:
+    """What the search timer uses: the Runtime (state, sink, rows, clock), the Purview audit search
+    clients of its tenants, and the slice ledger (the Runtime's own state store)."""
+
+    runtime: Runtime
+    search: SearchRouter
+    ledger: SliceLedger
 
 
 _built: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[_Built]] = weakref.WeakKeyDictionary()
@@ -48,7 +61,9 @@ async def _build() -> _Built:
     stack = AsyncExitStack()
     try:
         # The parts come from the one composition root, as they do for collect, replay and demo.
-        parts = await stack.enter_async_context(open_parts(cfg.core, azure=cfg.azure))
+        # With the search clients: they share the feed's HTTP session and cost nothing until the
+        # search timer calls them (a tenant without the API is told so then, not at start-up).
+        parts = await stack.enter_async_context(open_parts(cfg.core, azure=cfg.azure, search=True))
         assert parts.queue is not None and parts.deadletter is not None
         runtime = Runtime(settings=cfg.core, azure=cfg.azure, state=cast(ClaimingStateStore, parts.state),
                           queue=parts.queue, deadletter=parts.deadletter, sink=parts.sink, api=parts.api,
@@ -65,7 +80,7 @@ async def _build() -> _Built:
         raise
     log.info("runtime built instance=%s tenants=%d queue=%s adx_database=%s streaming=%s", runtime.instance,
              len(parts.feeds), cfg.azure.content_queue, cfg.azure.adx_database, cfg.azure.adx_streaming)
-    return _Built(runtime, stack, reports)
+    return _Built(runtime, stack, reports, parts.search)
 
 
 async def _built_for_loop() -> _Built:
@@ -100,6 +115,16 @@ async def failure_reports() -> FailureReports:
     if reports is None:  # pragma: no cover - build_runtime always makes an AdxSink
         raise RuntimeError("the Runtime's sink is not ADX: there are no ingestion failure reports to read")
     return reports
+
+
+async def search_parts() -> SearchParts:
+    """The search timer's parts for the running loop's Runtime (built on first use, as ``runtime``)."""
+    built = await _built_for_loop()
+    state = built.runtime.state
+    # The Table Storage ledger, mirrored to ADX like every other ledger change (azure.mirror).
+    if built.search is None or not isinstance(state, AdxMirroredState):  # pragma: no cover - _build makes both
+        raise RuntimeError("the Runtime has no Purview audit search or no mirrored Table Storage ledger")
+    return SearchParts(built.runtime, built.search, state)
 
 
 async def close_runtime() -> None:

@@ -8,6 +8,9 @@ sees stuck and near-expiry blobs in ADX too) and one ``CollectorRun`` row per pl
 The rows are what the store says it wrote, never read back. A blob has several ledger rows in
 ADX: its current status is the latest, ``arg_max(coalesce(IngestedAt, FetchedAt, ListedAt), *)``
 per blob. A mirror write that fails is logged and does not fail the blob: the rows are safe.
+
+The Purview audit search's slices are mirrored the same way (ContentType ``Purview.Search``):
+listed, pointed at a query (``set_query``: ``queued`` with the query's URL), settled.
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ import logging
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, cast
 
 from function_app.core.model import BlobStatus, Checkpoint, ContentBlob, RunStats
 from function_app.core.ports import ClaimingStateStore, Sink
 from function_app.lake.schema import COLLECTOR_RUN, CONTENT_LEDGER
+from function_app.purview.backfill import SliceRow
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +33,9 @@ def ledger_row(blob: ContentBlob, props: dict[str, Any] | None) -> dict[str, Any
     """A ContentLedger row from the blob and its Table Storage properties."""
     props = props or {}
     row: dict[str, Any] = {c: props.get(c) for c in CONTENT_LEDGER.column_names}
+    # A search slice is settled through a blob without its query URL; the store's row has it.
     row.update(TenantId=blob.tenant_id, ContentType=blob.content_type, ContentId=blob.content_id,
-               ContentUri=blob.content_uri, ContentCreated=blob.content_created,
+               ContentUri=blob.content_uri or props.get("ContentUri") or "", ContentCreated=blob.content_created,
                ContentExpiration=blob.content_expiration)
     return row
 
@@ -43,6 +48,15 @@ def run_row(run: RunStats) -> dict[str, Any]:
         "WindowEnd": run.window_end, "Pages": run.pages, "BlobsListed": run.blobs_listed,
         "BlobsNew": run.blobs_new, "Throttled": run.throttled, "Errors": list(run.errors),
     }
+
+
+class _SliceStore(Protocol):
+    """``purview.backfill.SliceLedger`` as a store implements it: ``set_query`` may return the row
+    as written (``TableStateStore`` does), which is then mirrored whole."""
+
+    async def slice_rows(self, tenant_id: str) -> Mapping[str, SliceRow]: ...
+
+    async def set_query(self, blob: ContentBlob) -> Mapping[str, Any] | None: ...
 
 
 class AdxMirroredState:
@@ -83,6 +97,25 @@ class AdxMirroredState:
         except Exception as exc:
             log.error("run mirror failed tenant_id=%s content_type=%s run_id=%s error=%s",
                       run.tenant_id, run.content_type, run.run_id, exc)
+
+    # -- search slices (purview.backfill.SliceLedger, when the inner store is one) ----------
+
+    def _slices(self) -> _SliceStore:
+        if not (hasattr(self._inner, "slice_rows") and hasattr(self._inner, "set_query")):
+            raise TypeError(f"{type(self._inner).__name__} keeps no search slices")
+        return cast(_SliceStore, self._inner)
+
+    async def slice_rows(self, tenant_id: str) -> Mapping[str, SliceRow]:
+        return await self._slices().slice_rows(tenant_id)
+
+    async def set_query(self, blob: ContentBlob) -> None:
+        written = await self._slices().set_query(blob)
+        try:
+            props = dict(written) if written is not None else {"Status": BlobStatus.QUEUED.value}
+            await self._sink.write_blob(blob, {CONTENT_LEDGER.name: [ledger_row(blob, props)]})
+        except Exception as exc:  # the store's row is written; ADX only lacks a copy
+            log.error("ledger mirror failed tenant_id=%s content_type=%s content_id=%s error=%s",
+                      blob.tenant_id, blob.content_type, blob.content_id, exc)
 
     # -- plain delegation -----------------------------------------------------------------
 

@@ -117,6 +117,8 @@ class TenantBackfill:
     days: int = 0
     days_done_before: int = 0
     days_completed: int = 0
+    days_left: int = 0
+    """Days not started because the caller's ``stop`` said so (a run bounded in time): the next run's."""
     slices_ingested: int = 0
     slices_failed: int = 0
     slices_split: int = 0
@@ -197,11 +199,14 @@ class BackfillRunner:
         self._on_slice = on_slice or (lambda slice_id, status: None)
         self._counts_table = SEARCH_COUNT_TABLE in TABLES_BY_NAME
 
-    async def run(self, tenant_id: str, since: datetime, until: datetime) -> TenantBackfill:
+    async def run(self, tenant_id: str, since: datetime, until: datetime, *,
+                  stop: Callable[[], bool] | None = None) -> TenantBackfill:
         """Backfill ``[since floored to its UTC midnight, until)`` for *tenant_id*.
 
-        Never raises for the search's own failures (they are in the report, and the slices stay in
-        the ledger for the next run); a failure of the sink or the state store propagates."""
+        *stop* is asked before each day starts: once it says True no further day is started (they
+        count as ``days_left``; a day started is finished). Never raises for the search's own
+        failures (they are in the report, and the slices stay in the ledger for the next run); a
+        failure of the sink or the state store propagates."""
         start = day_floor(since)
         report = TenantBackfill(tenant_id, start, utc(until))
         rows = await self._ledger.slice_rows(tenant_id)
@@ -223,6 +228,9 @@ class BackfillRunner:
         async def one_day(day: datetime, roots: list[Slice]) -> None:
             async with gate:
                 if unavailable.is_set():
+                    return
+                if stop is not None and stop():
+                    report.days_left += 1
                     return
                 try:
                     await self._day(tenant_id, day, roots, rows, report)

@@ -13,6 +13,10 @@ Layout (PartitionKey / RowKey):
   ``OPEN_PREFIX + key``), so ``pending`` reads the few open blobs with a RowKey range
   instead of scanning years of settled ones.
 * runs: ``{tenant_id}|{content_type}`` / the run id.
+
+The Purview audit search's slices are ledger rows like blobs (ContentType ``Purview.Search``,
+ContentId the slice id, ContentUri the Graph query's URL); ``slice_rows`` and ``set_query`` are
+the two things the backfill needs beyond the StateStore port (``purview.backfill.SliceLedger``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from function_app.core.model import (
     first_error,
     utc,
 )
+from function_app.purview.backfill import SEARCH_CONTENT_TYPE, SliceRow
 
 log = logging.getLogger(__name__)
 
@@ -524,6 +529,41 @@ class TableStateStore:
             return True
 
         await self._modify(blob, change)
+
+    # -- search slices (purview.backfill.SliceLedger) ------------------------------------
+
+    async def slice_rows(self, tenant_id: str) -> dict[str, SliceRow]:
+        """Every ``Purview.Search`` ledger row of *tenant_id*, by ContentId, settled ones included.
+
+        One partition read: a tenant's slices are a few hundred rows (a day each, more only where
+        a day was cut), so no marker index is needed, unlike a feed's years of blobs."""
+        table = await self._ledger()
+        rows = table.query_entities("PartitionKey eq @pk", parameters={"pk": partition_key(tenant_id,
+                                                                                            SEARCH_CONTENT_TYPE)},
+                                    select=["ContentId", "Status", "ContentUri"])
+        # Open markers carry a ContentId but no Status: they are not rows.
+        return {str(e["ContentId"]): SliceRow(str(e["Status"]), str(e.get("ContentUri") or ""))
+                async for e in rows if e.get("Status")}
+
+    async def set_query(self, blob: ContentBlob) -> dict[str, Any] | None:
+        """Point the slice's row at the query now answering for it: ContentUri, Status ``queued``.
+
+        The runner registers the slice first, so the row exists; it is created if not, so a query
+        is never forgotten (the next run would otherwise start another). Returns the row written."""
+        uri = blob.content_uri
+
+        def change(props: dict[str, Any]) -> bool:
+            props["ContentUri"] = uri
+            props["Status"] = BlobStatus.QUEUED.value
+            return True
+
+        written, _ = await self._modify(
+            blob, change, create=lambda: self._ledger_entity(blob, BlobStatus.QUEUED, utc(self._clock())))
+        # Open again (a settled slice asked again), like any unsettled row.
+        await self._open_marker(await self._ledger(), blob)
+        if written is None:  # pragma: no cover - change always writes
+            return None
+        return {k: (_int(v) if isinstance(v, EntityProperty) else v) for k, v in written.items()}
 
     # -- runs ---------------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ EXPECTED = {
                            "connection": "AzureWebJobsStorage"},
     # ADX ingestion failures reported after acceptance, read on the collect schedule.
     "watch_ingestion_failures": {"type": "timerTrigger", "name": "timer", "schedule": "%COLLECT_SCHEDULE%"},
+    # The Purview audit search backfill, daily.
+    "search_backfill": {"type": "timerTrigger", "name": "timer", "schedule": "%SEARCH_SCHEDULE%"},
 }
 
 
@@ -61,7 +63,7 @@ def test_every_setting_a_binding_names_is_known_to_config() -> None:
     raw = json.dumps(_bindings())
     named = set(re.findall(r"%([^%]+)%", raw))
     connections = {b["connection"] for bs in _bindings().values() for b in bs if "connection" in b}
-    assert named == {"COLLECT_SCHEDULE", "CONTENT_QUEUE"}
+    assert named == {"COLLECT_SCHEDULE", "CONTENT_QUEUE", "SEARCH_SCHEDULE"}
     assert named | connections <= AZURE_SETTING_NAMES
 
 
