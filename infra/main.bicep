@@ -40,6 +40,11 @@ param appDisplayName string = 'AuditLake collector'
 @description('Declare ActivityFeed.ReadDlp on the app registration (tenants that collect DLP.All need it).')
 param requestDlpPermission bool = true
 
+// Only the global Microsoft Graph has the Purview audit log query API (the API reference lists the global service
+// alone); GCC tenants use the global Graph, GCC High (US Government L4) and DoD (L5) do not.
+@description('Declare the Microsoft Graph AuditLogsQuery.Read.All application permission on the app registration (the Purview audit search backfill). Default: on for the Enterprise and GCC clouds, off for GCCHigh and DoD, where the API does not exist.')
+param requestAuditSearchPermission bool = contains(['Enterprise', 'GCC'], cloud)
+
 @description('Reply address of the app registration: where the admin-consent URL lands the administrator afterwards.')
 param consentRedirectUri string = '${environment().portal}/'
 
@@ -52,6 +57,14 @@ param clientSecretName string = 'management-api-client-secret'
 
 @description('Timer schedule, six-field NCRONTAB (COLLECT_SCHEDULE).')
 param collectSchedule string = '0 */2 * * * *'
+
+// Daily: day D is searched on D+2 at 03:30 UTC, once Purview had a day to index it.
+@description('Purview audit search timer, six-field NCRONTAB in UTC (SEARCH_SCHEDULE).')
+param searchSchedule string = '0 30 3 * * *'
+
+@description('Days of history the Purview audit search backfill keeps whole (AUDITLAKE_SEARCH_HISTORY_DAYS; 180 = Purview Audit Standard retention).')
+@minValue(2)
+param searchHistoryDays int = 180
 
 @description('Resource id of an existing ADX cluster to use; empty creates a new cluster.')
 param adxClusterResourceId string = ''
@@ -255,6 +268,7 @@ module appRegistration 'modules/app-registration.bicep' = if (createAppRegistrat
     managedIdentityPrincipalId: identity.outputs.principalId
     tokenExchangeAudience: tokenExchangeAudience
     requestDlpPermission: requestDlpPermission
+    requestAuditSearchPermission: requestAuditSearchPermission
     consentRedirectUri: consentRedirectUri
   }
 }
@@ -349,6 +363,8 @@ module functionApp 'modules/functionapp.bicep' = {
     cloud: cloud
     publisherId: publisherId
     collectSchedule: collectSchedule
+    searchSchedule: searchSchedule
+    searchHistoryDays: searchHistoryDays
     authMode: authMode
     apiClientId: createAppRegistration ? appRegistration.outputs.appId : appId
     tokenExchangeAudience: tokenExchangeAudience

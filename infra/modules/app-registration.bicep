@@ -23,6 +23,9 @@ param tokenExchangeAudience string
 @description('Also declare ActivityFeed.ReadDlp (needed by tenants that collect DLP.All).')
 param requestDlpPermission bool
 
+@description('Also declare the Microsoft Graph AuditLogsQuery.Read.All application permission (the Purview audit search backfill). Only the global service has the audit log query API, so main.bicep turns it off for GCC High and DoD.')
+param requestAuditSearchPermission bool
+
 @description('Where the admin-consent URL returns the administrator (it needs a registered reply address).')
 param consentRedirectUri string
 
@@ -35,6 +38,15 @@ param activityFeedReadRoleId string = '594c1fb6-4f81-4475-ae41-0c394909246c'
 @description('id of its ActivityFeed.ReadDlp app role.')
 param activityFeedReadDlpRoleId string = '4807a72c-ad38-4250-94c9-4eabfe26cd55'
 
+@description('appId of Microsoft Graph (the same in every tenant and cloud).')
+param graphAppId string = '00000003-0000-0000-c000-000000000000'
+
+// The Application "Identifier" of AuditLogsQuery.Read.All in Microsoft's Graph permissions reference
+// (https://learn.microsoft.com/graph/permissions-reference#auditlogsqueryreadall). The broad permission
+// rather than the AuditLogsQuery-<workload> ones: the backfill searches every record type the feed collects.
+@description('id of Microsoft Graph\'s AuditLogsQuery.Read.All app role.')
+param auditLogsQueryReadAllRoleId string = '5e1e9171-754d-478c-812c-f1755a9a4c2d'
+
 var readAccess = [
   {
     id: activityFeedReadRoleId
@@ -45,6 +57,18 @@ var dlpAccess = requestDlpPermission ? [
   {
     id: activityFeedReadDlpRoleId
     type: 'Role'
+  }
+] : []
+// A resource entry without permissions is meaningless, so Graph is listed only with the permission.
+var graphAccess = requestAuditSearchPermission ? [
+  {
+    resourceAppId: graphAppId
+    resourceAccess: [
+      {
+        id: auditLogsQueryReadAllRoleId
+        type: 'Role'
+      }
+    ]
   }
 ] : []
 
@@ -61,12 +85,12 @@ resource app 'Microsoft.Graph/applications@v1.0' = {
     ]
   }
   // What an administrator of a monitored tenant consents to (admin-consent URL or onboarding/).
-  requiredResourceAccess: [
+  requiredResourceAccess: concat([
     {
       resourceAppId: managementApiAppId
       resourceAccess: concat(readAccess, dlpAccess)
     }
-  ]
+  ], graphAccess)
 }
 
 resource managedIdentityCredential 'Microsoft.Graph/applications/federatedIdentityCredentials@v1.0' = if (federated) {

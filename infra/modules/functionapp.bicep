@@ -74,6 +74,13 @@ param publisherId string
 @description('Timer schedule, six-field NCRONTAB (COLLECT_SCHEDULE).')
 param collectSchedule string
 
+@description('Purview audit search timer, six-field NCRONTAB in UTC (SEARCH_SCHEDULE).')
+param searchSchedule string
+
+@description('Days of history the Purview audit search backfill keeps whole (AUDITLAKE_SEARCH_HISTORY_DAYS).')
+@minValue(2)
+param searchHistoryDays int
+
 @description('How the app authenticates to the Management Activity API.')
 @allowed(['federated', 'secret'])
 param authMode string
@@ -114,10 +121,12 @@ var collectorSettings = {
   AzureWebJobsStorage__blobServiceUri: blobEndpoint
   AzureWebJobsStorage__queueServiceUri: queueEndpoint
   AzureWebJobsStorage__tableServiceUri: tableEndpoint
-  // Resolved by the Functions host itself in the trigger bindings (%CONTENT_QUEUE%, %COLLECT_SCHEDULE%),
-  // which has no default for them: always set.
+  // Resolved by the Functions host itself in the trigger bindings (%CONTENT_QUEUE%, %COLLECT_SCHEDULE%,
+  // %SEARCH_SCHEDULE%), which has no default for them: always set. In a cloud without the Purview audit
+  // search API the search timer still fires; it logs one line per tenant and does nothing else.
   CONTENT_QUEUE: contentQueueName
   COLLECT_SCHEDULE: collectSchedule
+  SEARCH_SCHEDULE: searchSchedule
   STATE_TABLE_PREFIX: stateTablePrefix
   DEADLETTER_CONTAINER: deadletterContainerName
   ADX_INGEST_URI: adxIngestUri
@@ -128,6 +137,8 @@ var collectorSettings = {
   AUDITLAKE_TENANTS: string(tenants)
   AUDITLAKE_CLOUD: cloud
   AUDITLAKE_PUBLISHER_ID: publisherId
+  // A parameter rather than the code's default: a longer Purview retention (Audit Premium) backfills more.
+  AUDITLAKE_SEARCH_HISTORY_DAYS: string(searchHistoryDays)
   // The code's defaults, spelled out so they can be changed in one place.
   AUDITLAKE_OVERLAP_MINUTES: '60'
   AUDITLAKE_SAFETY_LAG_SECONDS: '30'

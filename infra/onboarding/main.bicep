@@ -2,7 +2,8 @@ extension microsoftGraphV1
 
 // Onboards one Microsoft 365 tenant: deployed in THAT tenant by one of its administrators.
 // Creates the service principal of AuditLake's multi-tenant app registration and grants it the
-// Office 365 Management APIs application permissions it needs (the same as admin consent).
+// Office 365 Management APIs application permissions it needs (the same as admin consent), and
+// Microsoft Graph's AuditLogsQuery.Read.All for the Purview audit search backfill where Graph has that API.
 
 @description('Application (client) id of the AuditLake app registration (output apiClientId of the platform deployment).')
 param appId string
@@ -29,6 +30,19 @@ param activityFeedReadRoleId string = '594c1fb6-4f81-4475-ae41-0c394909246c'
 @description('id of its ActivityFeed.ReadDlp app role: "Read DLP policy events including detected sensitive data".')
 param activityFeedReadDlpRoleId string = '4807a72c-ad38-4250-94c9-4eabfe26cd55'
 
+// The audit log query API exists in the global Microsoft Graph only, which GCC tenants use too; granting the
+// permission in GCC High or DoD would fail (or grant nothing), and the collector skips the search there anyway.
+@description('Grant Microsoft Graph AuditLogsQuery.Read.All (the Purview audit search backfill). Default: on for Enterprise and GCC, off for GCCHigh and DoD, which have no audit log query API. Leave off if the platform was deployed with requestAuditSearchPermission=false.')
+param grantAuditSearchPermission bool = contains(['Enterprise', 'GCC'], cloud)
+
+@description('appId of Microsoft Graph (the same in every tenant).')
+param graphAppId string = '00000003-0000-0000-c000-000000000000'
+
+// Application "Identifier" of AuditLogsQuery.Read.All in Microsoft's Graph permissions reference
+// (https://learn.microsoft.com/graph/permissions-reference#auditlogsqueryreadall).
+@description('id of Microsoft Graph\'s AuditLogsQuery.Read.All app role: "Read audit logs data from all services".')
+param auditLogsQueryReadAllRoleId string = '5e1e9171-754d-478c-812c-f1755a9a4c2d'
+
 resource managementApi 'Microsoft.Graph/servicePrincipals@v1.0' existing = {
   appId: managementApiAppId
 }
@@ -48,6 +62,17 @@ resource activityFeedReadDlp 'Microsoft.Graph/appRoleAssignedTo@v1.0' = if (cont
   principalId: collector.id
   resourceId: managementApi.id
   appRoleId: activityFeedReadDlpRoleId
+}
+
+// Microsoft Graph's own service principal exists in every tenant, so reading it costs nothing when the grant is off.
+resource graph 'Microsoft.Graph/servicePrincipals@v1.0' existing = {
+  appId: graphAppId
+}
+
+resource auditLogsQueryRead 'Microsoft.Graph/appRoleAssignedTo@v1.0' = if (grantAuditSearchPermission) {
+  principalId: collector.id
+  resourceId: graph.id
+  appRoleId: auditLogsQueryReadAllRoleId
 }
 
 output tenantId string = tenant().tenantId

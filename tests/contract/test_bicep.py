@@ -652,3 +652,120 @@ def test_the_identity_cannot_destroy_dead_letters() -> None:
     assert denied >= DEADLETTER_DENIED, sorted(DEADLETTER_DENIED - denied)
     assert re.search(r"\) OR \(@Resource\[Microsoft\.Storage/storageAccounts/blobServices/containers:name\] "
                      r"StringNotEquals \\?'\$\{deadletterContainerName\}\\?'\)\)$", condition), condition
+
+
+# -- Purview audit search: the Graph permission and the timer's settings ---------------------
+
+APP_REGISTRATION = INFRA / "modules" / "app-registration.bicep"
+FUNCTION_APP_BICEP = INFRA / "modules" / "functionapp.bicep"
+GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
+# AuditLogsQuery.Read.All, category Application, "Identifier" in Microsoft's Graph permissions reference
+# (https://learn.microsoft.com/graph/permissions-reference#auditlogsqueryreadall; its source is
+# microsoftgraph/microsoft-graph-docs-contrib concepts/permissions-reference.md). The delegated permission
+# of the same name has another id (1d9e7ac3-...): an application permission is what a daemon needs.
+AUDIT_LOGS_QUERY_READ_ALL_ROLE_ID = "5e1e9171-754d-478c-812c-f1755a9a4c2d"
+
+
+def _evaluate(value: Any, tree: dict[str, Any], params: dict[str, Any]) -> Any:
+    """Just enough of Bicep to evaluate a template's expressions: parameters (given, else their default),
+    variables, literals, ``cond ? a : b``, ``concat`` and ``contains``. Anything else fails the test."""
+    if isinstance(value, str):
+        if value in params:
+            return params[value]
+        if value in (tree.get("parameters") or {}):
+            return _evaluate(tree["parameters"][value]["default"], tree, params)
+        if value in (tree.get("variables") or {}):
+            return _evaluate(tree["variables"][value]["value"], tree, params)
+        return value
+    if isinstance(value, list):
+        return [_evaluate(v, tree, params) for v in value]
+    if isinstance(value, dict) and "operator" in value:
+        operator = value["operator"]
+        assert operator["type"] == "conditional", f"cannot evaluate {operator['type']}"
+        operands = operator["operands"]
+        branch = "true_value" if _evaluate(operands["condition"], tree, params) else "false_value"
+        return _evaluate(operands[branch], tree, params)
+    if isinstance(value, dict) and "function" in value:
+        function = value["function"]
+        args = {k: _evaluate(v, tree, params) for k, v in function["parameters"].items()}
+        if function["type"] == "concat":
+            return [item for arg in args.values() for item in arg]
+        if function["type"] == "contains":
+            return args["item_to_find"] in args["container"]
+        raise AssertionError(f"cannot evaluate {function['type']}()")
+    if isinstance(value, dict):
+        return {k: _evaluate(v, tree, params) for k, v in value.items()}
+    return value
+
+
+def _required_resource_access(request_audit_search: bool, request_dlp: bool) -> list[dict[str, Any]]:
+    tree = parsed(APP_REGISTRATION)
+    (app,) = declared_resources(APP_REGISTRATION, "Microsoft.Graph/applications").values()
+    params = {"requestAuditSearchPermission": request_audit_search, "requestDlpPermission": request_dlp}
+    access: list[dict[str, Any]] = _evaluate(body(app)["requiredResourceAccess"], tree, params)
+    return access
+
+
+@pytest.mark.parametrize("request_dlp", [True, False])
+@pytest.mark.parametrize("request_audit_search", [True, False])
+def test_the_app_declares_audit_logs_query_read_all_exactly_when_asked(request_audit_search: bool,
+                                                                       request_dlp: bool) -> None:
+    access = _required_resource_access(request_audit_search, request_dlp)
+    graph = [entry for entry in access if entry["resourceAppId"] == GRAPH_APP_ID]
+    if request_audit_search:
+        # One Graph entry holding the application permission (type Role, never a delegated Scope) and nothing else.
+        assert graph == [{"resourceAppId": GRAPH_APP_ID,
+                          "resourceAccess": [{"id": AUDIT_LOGS_QUERY_READ_ALL_ROLE_ID, "type": "Role"}]}]
+    else:
+        assert graph == [], "no Graph entry at all: an empty one would still show in the consent prompt"
+    # The feed's permissions do not depend on the search.
+    (management,) = [entry for entry in access if entry["resourceAppId"] != GRAPH_APP_ID]
+    assert {"id": "594c1fb6-4f81-4475-ae41-0c394909246c", "type": "Role"} in management["resourceAccess"]
+    assert len(management["resourceAccess"]) == (2 if request_dlp else 1)
+
+
+def test_the_audit_search_permission_defaults_on_exactly_in_the_clouds_with_the_api() -> None:
+    from function_app.purview.client import PERMISSION, SEARCH_CLOUDS
+
+    assert PERMISSION == "AuditLogsQuery.Read.All"
+    main, onboarding = parsed(MAIN), parsed(ONBOARDING)
+    for tree, name in ((main, "requestAuditSearchPermission"), (onboarding, "grantAuditSearchPermission")):
+        for cloud in Cloud:
+            on = _evaluate(tree["parameters"][name]["default"], tree, {"cloud": cloud.value})
+            assert on is (cloud in SEARCH_CLOUDS), f"{name} defaults to {on} in {cloud.value}"
+    wired = body(parsed(MAIN)["modules"]["appRegistration"])["params"]
+    assert wired["requestAuditSearchPermission"] == "requestAuditSearchPermission"
+
+
+def test_onboarding_grants_audit_logs_query_read_all_exactly_when_asked() -> None:
+    tree = parsed(ONBOARDING)
+    found = resources(ONBOARDING)
+    assert tree["parameters"]["auditLogsQueryReadAllRoleId"]["default"] == AUDIT_LOGS_QUERY_READ_ALL_ROLE_ID
+    assert tree["parameters"]["graphAppId"]["default"] == GRAPH_APP_ID
+    assert parsed(APP_REGISTRATION)["parameters"]["auditLogsQueryReadAllRoleId"]["default"] \
+        == AUDIT_LOGS_QUERY_READ_ALL_ROLE_ID
+    assert parsed(APP_REGISTRATION)["parameters"]["graphAppId"]["default"] == GRAPH_APP_ID
+    graph = [s for s, r in found.items()
+             if r["type"] == "Microsoft.Graph/servicePrincipals" and body(r).get("appId") == "graphAppId"]
+    assert len(graph) == 1 and found[graph[0]]["existing"]
+    grants = [r for r in declared_resources(ONBOARDING, "Microsoft.Graph/appRoleAssignedTo").values()
+              if body(r).get("appRoleId") == "auditLogsQueryReadAllRoleId"]
+    assert len(grants) == 1
+    (grant,) = grants
+    assert grant["config"].get("condition") == "grantAuditSearchPermission"
+    assert json.dumps(body(grant)["resourceId"]).count(f'"{graph[0]}"') == 1
+
+
+def test_the_search_timer_and_its_history_are_deployed_from_parameters() -> None:
+    from function_app.config import DEFAULT_SEARCH_SCHEDULE, SETTINGS
+
+    main = parsed(MAIN)["parameters"]
+    assert main["searchSchedule"]["default"] == DEFAULT_SEARCH_SCHEDULE == "0 30 3 * * *"
+    history = next(d for d in SETTINGS if d.name == "AUDITLAKE_SEARCH_HISTORY_DAYS")
+    assert str(main["searchHistoryDays"]["default"]) == history.default == "180"
+    wired = body(parsed(MAIN)["modules"]["functionApp"])["params"]
+    assert wired["searchSchedule"] == "searchSchedule"
+    assert wired["searchHistoryDays"] == "searchHistoryDays"
+    for mode, settings in app_settings_by_mode(FUNCTION_APP_BICEP).items():
+        assert settings["SEARCH_SCHEDULE"] == "searchSchedule", mode
+        assert json.dumps(settings["AUDITLAKE_SEARCH_HISTORY_DAYS"]).count('"searchHistoryDays"') == 1, mode
