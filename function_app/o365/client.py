@@ -18,7 +18,8 @@ from function_app.core.errors import ApiError, MalformedContentError, PermanentA
 from function_app.core.messages import check_content_uri
 from function_app.core.model import ContentBlob, FetchedContent, utc
 from function_app.o365.auth import TokenProvider
-from function_app.o365.errors import BodyCutOffError, Decision, IncompleteContentError, Verdict, classify
+from function_app.o365.errors import BodyCutOffError, Decision, IncompleteContentError, classify
+from function_app.o365.http import Answer, bearer_headers, error_of, send
 from function_app.o365.retry import RetryPolicy, RetryStats
 from function_app.records.reader import RecoveredRecord, parse_content
 
@@ -33,7 +34,6 @@ NEXT_PAGE_HEADERS = ("NextPageUri", "NextPageUrl")
 CONTENT_LIFETIME = timedelta(days=7)
 _ERROR_BODY_LIMIT = 64 * 1024
 _CHUNK = 64 * 1024
-_USER_AGENT = "AuditLake/0.1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +43,6 @@ class Subscription:
     content_type: str
     status: str | None
     webhook: Mapping[str, Any] | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
 
 
 class ManagementApiClient:
@@ -264,7 +257,7 @@ class ManagementApiClient:
         ) as response:
             if response.status >= 300:
                 error_body = await response.content.read(_ERROR_BODY_LIMIT)
-                raise self._error(_Answer(response.status, response.headers, error_body)).error
+                raise error_of(Answer(response.status, response.headers, error_body))
             reservation = await self._reserve(response.content_length)
             try:
                 body = await self._read_capped(response)
@@ -331,36 +324,15 @@ class ManagementApiClient:
         return url.update_query({PUBLISHER_PARAM: self._publisher_id})
 
     async def _headers(self, tenant_id: str) -> dict[str, str]:
-        token = await self._tokens.token(tenant_id)
-        return {
-            "Authorization": f"Bearer {token}",
-            "Accept": "application/json",
-            "User-Agent": _USER_AGENT,
-        }
+        return await bearer_headers(self._tokens, tenant_id)
 
-    async def _send(self, method: str, url: URL, tenant_id: str, *, body: bytes | None = None) -> _Answer:
-        headers = await self._headers(tenant_id)
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        async with self._session.request(
-            method, url, headers=headers, data=body, timeout=self._timeout, allow_redirects=False
-        ) as response:
-            payload = await response.read()
-            return _Answer(response.status, response.headers, payload)
+    async def _send(self, method: str, url: URL, tenant_id: str, *, body: bytes | None = None) -> Answer:
+        return await send(self._session, method, url, await self._headers(tenant_id), timeout=self._timeout,
+                          body=body)
 
-    def _error(self, answer: _Answer) -> Verdict:
-        if 300 <= answer.status < 400:
-            return Verdict(
-                Decision.FAIL,
-                PermanentApiError(
-                    f"unexpected redirect (HTTP {answer.status}); not followed", status=answer.status
-                ),
-            )
-        return classify(answer.status, answer.body, answer.headers)
-
-    def _check(self, answer: _Answer) -> _Answer:
+    def _check(self, answer: Answer) -> Answer:
         if answer.status >= 300:
-            raise self._error(answer).error
+            raise error_of(answer)
         return answer
 
     async def _call(self, fn: Callable[[], Awaitable[T]], label: str) -> T:
@@ -383,7 +355,7 @@ def _with_publisher(uri: str, publisher_id: str) -> str:
     return f"{base}{separator}{PUBLISHER_PARAM}={quote(publisher_id, safe='')}"
 
 
-def _json_list(answer: _Answer, what: str, *, cut_off: type[ApiError]) -> list[dict[str, Any]]:
+def _json_list(answer: Answer, what: str, *, cut_off: type[ApiError]) -> list[dict[str, Any]]:
     """The answer's body as a JSON array of objects; an empty body is an empty list.
 
     A body that does not parse raises *cut_off*; one of the wrong shape raises PermanentApiError.

@@ -25,7 +25,7 @@ from function_app.core.errors import PermanentApiError, RetryableError
 from function_app.core.model import utc
 from function_app.o365.auth import TokenProvider
 from function_app.o365.clouds import Cloud
-from function_app.o365.errors import classify
+from function_app.o365.http import Answer, bearer_headers, error_of, send
 from function_app.o365.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ GRAPH_ROOTS: Mapping[Cloud, str] = {
 # 404 on the queries route then says plainly that the API is not there.
 SEARCH_CLOUDS = frozenset({Cloud.ENTERPRISE, Cloud.GCC})
 
-_USER_AGENT = "AuditLake/0.1"
 
 
 def graph_root_of(cloud: Cloud, override: str | None = None) -> str:
@@ -103,13 +102,6 @@ class QueryState:
     @property
     def finished(self) -> bool:
         return self.status in (QueryStatus.SUCCEEDED, QueryStatus.FAILED, QueryStatus.CANCELLED)
-
-
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
 
 
 class PurviewSearchClient:
@@ -245,21 +237,14 @@ class PurviewSearchClient:
             raise PermanentApiError(f"a query URL points away from the Graph host: {parts.scheme}://{parts.netloc}")
         return URL(raw, encoded=True)
 
-    async def _send(self, method: str, url: URL, tenant_id: str, *, body: bytes | None = None) -> _Answer:
-        token = await self._tokens.token(tenant_id)
-        headers = {"Authorization": f"Bearer {token}", "Accept": "application/json", "User-Agent": _USER_AGENT}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        async with self._session.request(method, url, headers=headers, data=body, timeout=self._timeout,
-                                         allow_redirects=False) as response:
-            return _Answer(response.status, response.headers, await response.read())
+    async def _send(self, method: str, url: URL, tenant_id: str, *, body: bytes | None = None) -> Answer:
+        headers = await bearer_headers(self._tokens, tenant_id)
+        return await send(self._session, method, url, headers, timeout=self._timeout, body=body)
 
-    def _check(self, answer: _Answer) -> None:
+    def _check(self, answer: Answer) -> None:
         if answer.status < 300:
             return
-        if answer.status < 400:
-            raise PermanentApiError(f"unexpected redirect (HTTP {answer.status}); not followed", status=answer.status)
-        error = classify(answer.status, answer.body, answer.headers).error
+        error = error_of(answer)
         if answer.status == 403 and not isinstance(error, RetryableError):
             # Graph says "Forbidden" and little else; what fixes it is the application permission.
             raise PermanentApiError(
@@ -275,7 +260,7 @@ def _graph_time(value: datetime) -> str:
     return utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _json_object(answer: _Answer, what: str) -> dict[str, Any]:
+def _json_object(answer: Answer, what: str) -> dict[str, Any]:
     try:
         parsed: Any = orjson.loads(answer.body)
     except orjson.JSONDecodeError as exc:
