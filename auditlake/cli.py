@@ -492,6 +492,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["publisher_id"] = args.publisher_id
     if args.concurrency:
         overrides["concurrency"] = args.concurrency
+    if getattr(args, "graph_root", None):
+        overrides["graph_root"] = args.graph_root
     if not overrides:
         return settings
     from dataclasses import replace
@@ -507,6 +509,14 @@ def lake_error_line(exc: Any, command: str) -> str:
     if cause in (LakeCause.NOT_A_LAKE, LakeCause.DAMAGED):
         advice = "restore it from a backup, or choose another --lake"
     elif cause is LakeCause.LOCKED:
+        from auditlake.lake.serve import find_endpoint
+
+        url = find_endpoint(exc.path)
+        if url is not None:
+            # The holder is a collector serving the lake: say who can still be asked, and how.
+            return (f"--lake {exc.path} is being collected into by another `auditlake collect` (serving queries "
+                    f"at {url}): `auditlake query` works meanwhile; stop that collector before running {command} "
+                    "on this lake")
         advice = "another process has it open: stop it, or choose another --lake"
     elif command == "query":
         advice = "nothing was changed"
@@ -563,27 +573,22 @@ def pass_line(report: Any, next_in: float | None, *, now: datetime | None = None
     return f"{stamp} pass: " + "; ".join(parts) + tail
 
 
-def _locked_lake_line(exc: Any, path: Path, command: str) -> str:
-    """A lake another process holds: say who can still be asked, and how."""
-    from auditlake.lake.serve import find_endpoint
-
-    url = find_endpoint(path)
-    if url is None:
-        return lake_error_line(exc, command)
-    return (f"--lake {path} is being collected into by another `auditlake collect` (serving queries at {url}): "
-            f"`auditlake query` works meanwhile; stop that collector before running {command} on this lake")
-
-
 def _open_lake_for_writing(value: str, command: str) -> Any:
-    from auditlake.lake.duckdb_lake import LakeCause, LakeUnavailableError, LocalLake
+    from auditlake.lake.duckdb_lake import LakeUnavailableError, LocalLake
 
-    path = lake_to_write(value)
     try:
-        return LocalLake(path)
+        return LocalLake(lake_to_write(value))
     except LakeUnavailableError as exc:
-        if exc.cause is LakeCause.LOCKED:
-            raise CliError(_locked_lake_line(exc, path, command)) from None
         raise CliError(lake_error_line(exc, command)) from None
+
+
+def _settings_to_collect(args: argparse.Namespace) -> Settings:
+    """The settings of a command that calls the APIs (collect, backfill): a tenant and a whole credential."""
+    settings = _settings(args)
+    if not (args.tenant_id or settings.tenants):
+        raise CliError("no tenant: pass --tenant-id GUID or set AUDITLAKE_TENANTS")
+    _check_credential_env(settings)
+    return settings
 
 
 def _check_credential_env(settings: Settings) -> None:
@@ -603,10 +608,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from auditlake.lake.serve import EndpointError, LakeEndpoint
     from auditlake.localrun import Progress, collect
 
-    settings = _settings(args)
-    if not (args.tenant_id or settings.tenants):
-        raise CliError("no tenant: pass --tenant-id GUID or set AUDITLAKE_TENANTS")
-    _check_credential_env(settings)
+    settings = _settings_to_collect(args)
     try:
         # None keeps each configured tenant's own content types (AUDITLAKE_TENANTS).
         content_types = parse_content_types(args.content_type, "--content-type") if args.content_type else None
@@ -663,14 +665,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     from auditlake.lake.duckdb_lake import LakeUnavailableError
     from auditlake.localrun import backfill
 
-    settings = _settings(args)
-    if args.graph_root:
-        from dataclasses import replace
-
-        settings = replace(settings, graph_root=args.graph_root)
-    if not (args.tenant_id or settings.tenants):
-        raise CliError("no tenant: pass --tenant-id GUID or set AUDITLAKE_TENANTS")
-    _check_credential_env(settings)
+    settings = _settings_to_collect(args)
     if args.since is not None and args.until is not None and args.since >= args.until:
         raise UsageError("--since must be before --until")
     adx = _adx_target(args)
@@ -823,7 +818,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from auditlake.lake.duckdb_lake import LakeCause, LakeUnavailableError
+    from auditlake.lake.duckdb_lake import LakeUnavailableError
     from auditlake.replay import replay
 
     settings = _settings(args)
@@ -837,8 +832,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
         ))
     except LakeUnavailableError as exc:
-        if exc.cause is LakeCause.LOCKED and lake_path is not None:
-            raise CliError(_locked_lake_line(exc, lake_path, "replay")) from None
         raise CliError(lake_error_line(exc, "replay")) from None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -896,7 +889,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from auditlake.export import ExportError, export_lake
-    from auditlake.lake.duckdb_lake import LakeCause, LakeUnavailableError
+    from auditlake.lake.duckdb_lake import LakeUnavailableError
 
     path = lake_to_read(args.lake)
     try:
@@ -904,8 +897,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     except ExportError as exc:
         raise CliError(str(exc)) from None
     except LakeUnavailableError as exc:
-        if exc.cause is LakeCause.LOCKED:
-            raise CliError(_locked_lake_line(exc, path, "export")) from None
         raise CliError(lake_error_line(exc, "export")) from None
     rows = [(e.table, e.rows, str(e.path)) for e in exported]
     print_result(["Table", "Rows", "File"], ["VARCHAR", "BIGINT", "VARCHAR"], rows, "table")

@@ -249,8 +249,13 @@ def test_cli_query_reads_a_lake_while_collect_holds_it(collecting: tuple[Path, s
         rows = kusto_rows(url, "lake", "ContentLedger | summarize count() by Status")
         if not rows:
             time.sleep(0.2)
-    assert proc.poll() is None, "collect finished before both answers arrived: the test proved nothing"
+    # A command that must write the lake names the collector holding it, and where to query meanwhile.
+    refused = subprocess.run([AUDITLAKE, "replay", "--lake", str(lake)], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)
+    assert proc.poll() is None, "collect finished before the answers arrived: the test proved nothing"
     assert rows, "the ledger stayed empty while collect ran"
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "is being collected into by another `auditlake collect`" in refused.stderr and url in refused.stderr
     print(f"\nauditlake query during collect: {cli_seconds * 1000:.0f} ms (process start included), "
           f"{during} records so far", file=sys.stderr)
 
