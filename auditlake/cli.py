@@ -114,8 +114,8 @@ def _port(value: str) -> int:
 def _api_root(value: str) -> str:
     root = value.strip().rstrip("/")
     if not re.match(r"^https?://[^/\s]+(/\S*)?$", root):
-        raise argparse.ArgumentTypeError(
-            f"not an http(s) URL: {value!r} (e.g. http://127.0.0.1:8765/api/v1.0 for the emulator)")
+        # No example here: the option's own help gives the one that fits (an API root, a Graph root).
+        raise argparse.ArgumentTypeError(f"not an http(s) URL: {value!r}")
     return root
 
 
