@@ -15,16 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 from yarl import URL
 
 from function_app.core.errors import PermanentApiError, RetryableError
-from function_app.core.model import utc
 from function_app.o365.auth import TokenProvider
 from function_app.o365.clouds import Cloud
+from function_app.o365.graph import GraphRoot, NextLinks, graph_time, json_object, page_of
 from function_app.o365.http import Answer, bearer_headers, error_of, send
 from function_app.o365.retry import RetryPolicy
 
@@ -38,31 +37,11 @@ April 2025 (MC1052169), and the record-count fields exist only there."""
 
 PERMISSION = "AuditLogsQuery.Read.All"
 
-# Graph service roots per cloud (learn.microsoft.com/graph/deployments). GCC tenants use the
-# global service; GCC High is "US Government L4", DoD "L5".
-GRAPH_ROOTS: Mapping[Cloud, str] = {
-    Cloud.ENTERPRISE: "https://graph.microsoft.com",
-    Cloud.GCC: "https://graph.microsoft.com",
-    Cloud.GCC_HIGH: "https://graph.microsoft.us",
-    Cloud.DOD: "https://dod-graph.microsoft.us",
-}
-
 # The audit log query API is documented for the global service only: US Government L4/L5 and
 # 21Vianet are marked unavailable. GCC tenants sit on the global service, so they are tried; a
 # 404 on the queries route then says plainly that the API is not there.
 SEARCH_CLOUDS = frozenset({Cloud.ENTERPRISE, Cloud.GCC})
 
-
-
-def graph_root_of(cloud: Cloud, override: str | None = None) -> str:
-    """The Graph root the search uses for *cloud*: the override (an emulator), else the cloud's."""
-    return (override or GRAPH_ROOTS[cloud]).rstrip("/")
-
-
-def graph_scope(graph_root: str) -> str:
-    """The client-credentials scope for a Graph root: its origin ``/.default``."""
-    parts = urlsplit(graph_root)
-    return f"{parts.scheme}://{parts.netloc}/.default"
 
 
 class SearchUnavailableError(PermanentApiError):
@@ -122,12 +101,9 @@ class PurviewSearchClient:
         cloud: str = Cloud.ENTERPRISE.value,
         timeout: float = 120,
     ) -> None:
-        root = urlsplit(graph_root)
-        if root.scheme not in {"http", "https"} or not root.netloc:
-            raise ValueError(f"graph_root must be an absolute http(s) URL, not {graph_root!r}")
+        self._graph = GraphRoot(graph_root)
         self._session = session
-        self._root = graph_root.rstrip("/")
-        self._origin = (root.scheme.lower(), root.netloc.lower())
+        self._root = self._graph.url
         self._tokens = tokens
         self._retry = retry
         self._cloud = cloud
@@ -155,8 +131,8 @@ class PurviewSearchClient:
         and a second one only costs a query slot (the first is abandoned), never records."""
         body: dict[str, Any] = {
             "displayName": display_name,
-            "filterStartDateTime": _graph_time(start),
-            "filterEndDateTime": _graph_time(end),
+            "filterStartDateTime": graph_time(start),
+            "filterEndDateTime": graph_time(end),
         }
         if services:
             body["serviceFilters"] = list(services)
@@ -169,7 +145,7 @@ class PurviewSearchClient:
             if answer.status == 404:
                 raise SearchUnavailableError(self._unavailable(), status=404)
             self._check(answer)
-            item = _json_object(answer, "created query")
+            item = json_object(answer, "created query")
             query_id = item.get("id")
             if not isinstance(query_id, str) or not query_id.strip():
                 raise PermanentApiError(f"the created query has no id: {str(item)[:200]}")
@@ -188,14 +164,14 @@ class PurviewSearchClient:
             if answer.status == 404:
                 raise QueryGoneError(f"query {query_url} is gone (HTTP 404)", status=404)
             self._check(answer)
-            return _state_of(_json_object(answer, "query"), query_url)
+            return _state_of(json_object(answer, "query"), query_url)
 
         return await self._call(attempt, f"get_query tenant_id={tenant_id}")
 
     async def records(self, tenant_id: str, query_url: str) -> AsyncIterator[list[dict[str, Any]]]:
         """The query's records, one list per page, following ``@odata.nextLink`` to the end."""
         url: URL | None = self._own_url(f"{query_url}/records")
-        seen: set[str] = set()
+        links = NextLinks()
         page = 0
         while url is not None:
             page += 1
@@ -203,10 +179,7 @@ class PurviewSearchClient:
             if next_link is None:
                 url = None
             else:
-                if next_link in seen:
-                    raise PermanentApiError("Graph returned the same @odata.nextLink twice; stopping rather "
-                                            "than looping")
-                seen.add(next_link)
+                links.check(next_link)
                 url = self._own_url(next_link)
             yield items
 
@@ -216,12 +189,7 @@ class PurviewSearchClient:
             if answer.status == 404:
                 raise QueryGoneError(f"the records of {url.path} are gone (HTTP 404)", status=404)
             self._check(answer)
-            item = _json_object(answer, f"records page {page}")
-            value = item.get("value", [])
-            if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-                raise PermanentApiError(f"records page {page}: 'value' is not an array of objects")
-            link = item.get("@odata.nextLink")
-            return value, link.strip() if isinstance(link, str) and link.strip() else None
+            return page_of(json_object(answer, f"records page {page}"), f"records page {page}")
 
         return await self._call(attempt, f"records page {page} tenant_id={tenant_id}")
 
@@ -232,10 +200,7 @@ class PurviewSearchClient:
                 f"({self.queries_url} answered 404); the feed keeps working")
 
     def _own_url(self, raw: str) -> URL:
-        parts = urlsplit(raw)
-        if (parts.scheme.lower(), parts.netloc.lower()) != self._origin:
-            raise PermanentApiError(f"a query URL points away from the Graph host: {parts.scheme}://{parts.netloc}")
-        return URL(raw, encoded=True)
+        return self._graph.own_url(raw)
 
     async def _send(self, method: str, url: URL, tenant_id: str, *, body: bytes | None = None) -> Answer:
         headers = await bearer_headers(self._tokens, tenant_id)
@@ -254,21 +219,6 @@ class PurviewSearchClient:
 
     async def _call(self, fn: Callable[[], Awaitable[T]], label: str) -> T:
         return await self._retry.call_for_core(fn, label)
-
-
-def _graph_time(value: datetime) -> str:
-    return utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _json_object(answer: Answer, what: str) -> dict[str, Any]:
-    try:
-        parsed: Any = orjson.loads(answer.body)
-    except orjson.JSONDecodeError as exc:
-        # A body cut off in transit heals on the next attempt.
-        raise RetryableError(f"{what} of {len(answer.body)} bytes is not JSON: {exc}", status=answer.status) from exc
-    if not isinstance(parsed, dict):
-        raise PermanentApiError(f"{what} is a JSON {type(parsed).__name__}, not an object")
-    return parsed
 
 
 def _int_or_none(value: Any) -> int | None:
