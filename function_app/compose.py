@@ -18,7 +18,9 @@ What is built:
   is also written to ADX's ``ContentLedger`` and ``CollectorRun``: which ledger ADX holds never
   depends on which entry point ran;
 * with ``search=True``, the Purview audit search clients (``backfill``): one per Graph root, on
-  the same HTTP session, with tokens for Graph's scope, routed by tenant (``SearchRouter``).
+  the same HTTP session, with tokens for Graph's scope, routed by tenant (``SearchRouter``);
+* with ``entra=True``, the Entra ID sign-in and audit log clients (``entra.poller``): one per Graph
+  root, routed by tenant (``EntraRouter``), each keeping Graph's per-tenant request budget.
 """
 
 from __future__ import annotations
@@ -40,17 +42,18 @@ from function_app.core.errors import UntrustedMessageError
 from function_app.core.model import CONTENT_TYPES, ContentBlob, FetchedContent
 from function_app.core.ports import ContentQueue, DeadLetterStore, Sink, StateStore
 from function_app.core.windows import PlanningRules
+from function_app.entra.client import EntraLogClient, RequestBudget
+from function_app.entra.streams import Stream
 from function_app.o365.auth import TokenProvider, token_provider_from_env
 from function_app.o365.client import ManagementApiClient
 from function_app.o365.clouds import Cloud
+from function_app.o365.graph import graph_root_of, graph_scope
 from function_app.o365.retry import RetryPolicy
 from function_app.purview.client import (
     SEARCH_CLOUDS,
     PurviewSearchClient,
     QueryState,
     SearchUnavailableError,
-    graph_root_of,
-    graph_scope,
 )
 from function_app.records.flatten import BlobContext
 from function_app.records.tables import flatten_tables
@@ -157,6 +160,28 @@ class SearchRouter:
         return self.client_for(tenant_id).records(tenant_id, query_url)
 
 
+class EntraRouter:
+    """The Entra log clients of every tenant, as one ``entra.poller.EntraLogs``: routed by tenant."""
+
+    def __init__(self, clients: Mapping[str, EntraLogClient]) -> None:
+        self._clients = dict(clients)
+
+    def client_for(self, tenant_id: str) -> EntraLogClient:
+        try:
+            return self._clients[tenant_id]
+        except KeyError:
+            raise KeyError(f"no Entra log client for tenant {tenant_id}") from None
+
+    def first_url(self, stream: Stream, start: datetime, end: datetime) -> str:
+        # Every client builds the same path and query; only the root differs, and a window's URL
+        # in the ledger is for reading, so the first client's root is as good as any tenant's.
+        return next(iter(self._clients.values())).first_url(stream, start, end)
+
+    def pages(self, tenant_id: str, stream: Stream, start: datetime, end: datetime
+              ) -> AsyncIterator[list[dict[str, object]]]:
+        return self.client_for(tenant_id).pages(tenant_id, stream, start, end)
+
+
 class Lake(Sink, Protocol):
     """A local lake (the local tool's DuckDB file): a sink that also keeps the run's state.
 
@@ -193,6 +218,7 @@ class Parts:
     queue: ContentQueue | None = None
     deadletter: DeadLetterStore | None = None
     search: SearchRouter | None = None
+    entra: EntraRouter | None = None
 
 
 def _retry_of(settings: Settings) -> RetryPolicy:
@@ -226,6 +252,31 @@ def _open_search(
             clients[root] = client
         routed[tenant.tenant_id] = client
     return SearchRouter(routed)
+
+
+def _open_entra(
+    settings: Settings, feeds: Sequence[TenantConfig], session: aiohttp.ClientSession, stack: AsyncExitStack,
+    *, tokens: TokenProvider | None, env: Mapping[str, str],
+) -> EntraRouter:
+    """One Entra log client per Graph root (every cloud has the sign-in logs), one request budget
+    for all: Graph counts requests per app and tenant, whichever root they went to."""
+    budget = RequestBudget()
+    clients: dict[str, EntraLogClient] = {}
+    routed: dict[str, EntraLogClient] = {}
+    for tenant in feeds:
+        cloud = Cloud.parse(tenant.cloud)
+        root = graph_root_of(cloud, settings.graph_root)
+        client = clients.get(root)
+        if client is None:
+            provider = tokens or token_provider_from_env(env, cloud, scope=graph_scope(root))
+            close = getattr(provider, "close", None)
+            if close is not None and provider is not tokens:
+                stack.push_async_callback(close)
+            client = EntraLogClient(session, graph_root=root, tokens=provider, retry=_retry_of(settings),
+                                    budget=budget, timeout=settings.http_timeout)
+            clients[root] = client
+        routed[tenant.tenant_id] = client
+    return EntraRouter(routed)
 
 
 async def _open_clients(
@@ -296,6 +347,7 @@ async def open_parts(
     env: Mapping[str, str] | None = None,
     clock: Callable[[], datetime] = utcnow,
     search: bool = False,
+    entra: bool = False,
 ) -> AsyncIterator[Parts]:
     """The parts of a run, released when the context ends.
 
@@ -303,7 +355,8 @@ async def open_parts(
     (Table Storage, with the content queue and the dead-letter container). The sink is *adx* when
     given (for *azure*, its ADX settings), else the lake. Whenever the sink is ADX the state is
     mirrored into ADX's ledger. *feeds* defaults to ``settings.tenants``. With *search*, the
-    parts include the Purview audit search clients of the feeds' tenants (``Parts.search``).
+    parts include the Purview audit search clients of the feeds' tenants (``Parts.search``); with
+    *entra*, their Entra ID log clients (``Parts.entra``).
     """
     if (lake is None) == (azure is None):
         raise ValueError("a run keeps its state in the local lake or in Azure, exactly one")
@@ -317,6 +370,7 @@ async def open_parts(
                                      memory_factor=LAKE_BLOB_MEMORY_FACTOR if into_lake else BLOB_MEMORY_FACTOR,
                                      tokens=tokens, env=environ)
         searcher = _open_search(settings, chosen, session, stack, tokens=tokens, env=environ) if search else None
+        entra_logs = _open_entra(settings, chosen, session, stack, tokens=tokens, env=environ) if entra else None
         queue: ContentQueue | None = None
         deadletter: DeadLetterStore | None = None
         state: Any
@@ -335,7 +389,8 @@ async def open_parts(
             assert lake is not None
             sink = lake
         yield Parts(settings=settings, feeds=chosen, api=router, state=state, sink=sink, rules=rules_of(settings),
-                    build_rows=build_rows, clock=clock, queue=queue, deadletter=deadletter, search=searcher)
+                    build_rows=build_rows, clock=clock, queue=queue, deadletter=deadletter, search=searcher,
+                    entra=entra_logs)
 
 
 async def _azure_state(
