@@ -66,6 +66,12 @@ _PROBABILITY_KEYS = {
     "late": "late",
     "dupblobs": "dupblobs",
     "search_throttle": "search_throttle",
+    "entra_throttle": "entra_throttle",
+    "entra_5xx": "entra_server_error",
+    "entra_cutoff": "entra_cutoff",
+    "entra_dup": "entra_dup",
+    "entra_late": "entra_late",
+    "entra_drift": "entra_drift",
 }
 _COUNT_KEYS = {"expired": "expired", "cutoff": "cutoff", "malformed": "malformed", "oversize": "oversize",
                "hostile": "hostile", "hugestring": "hugestring", "feedmissing": "feedmissing",
@@ -74,7 +80,8 @@ _COUNT_KEYS = {"expired": "expired", "cutoff": "cutoff", "malformed": "malformed
 _POSITIVE_KEYS = {"burst": "burst", "pagesize": "pagesize", "search_limit": "search_limit"}
 # A positive number of days; the field default (0) stands for "no limit".
 _DAYS_KEYS = {"search_max_days": "search_max_days"}
-_FLAG_KEYS = {"shuffle": "shuffle", "headercase": "headercase"}
+_FLAG_KEYS = {"shuffle": "shuffle", "headercase": "headercase", "entra_nopremium": "entra_nopremium",
+              "entra_noperm": "entra_noperm"}
 _TRUE = {"", "1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -134,6 +141,15 @@ class FaultSpec:
     search request answers 429 with ``Retry-After: 1``) and ``search_max_days=D`` (a query spanning
     more than D days, or with an open end, ends ``failed``, as a timeout; it takes no place in the
     stuck, fail or flaky counts).
+
+    The Entra ID logs (Graph ``/auditLogs/signIns`` and ``/auditLogs/directoryAudits``,
+    :mod:`auditlake.emulator.entra`) have theirs, each drawn from its own stream: per request
+    ``entra_throttle=P`` (429 with ``Retry-After: 1``), ``entra_5xx=P`` (500, 503, 504 in turn) and
+    ``entra_cutoff=P`` (a page's body cut halfway); per page boundary ``entra_dup=P`` (a page begins
+    with the last record of the one before); per record ``entra_late=P`` (visible 1 to 4 hours after
+    its time) and ``entra_drift=P`` (properties no schema has); and two flags, ``entra_nopremium``
+    (sign-ins answer 403 ``Authentication_RequestFromNonPremiumTenantOrB2CTenant``) and
+    ``entra_noperm`` (both logs answer 403 ``Authentication_MSGraphPermissionMissing``).
     """
 
     throttle: float = 0.0
@@ -163,6 +179,14 @@ class FaultSpec:
     search_flaky: int = 0
     search_throttle: float = 0.0
     search_max_days: float = 0.0
+    entra_throttle: float = 0.0
+    entra_server_error: float = 0.0
+    entra_cutoff: float = 0.0
+    entra_dup: float = 0.0
+    entra_late: float = 0.0
+    entra_drift: float = 0.0
+    entra_nopremium: bool = False
+    entra_noperm: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> FaultSpec:

@@ -10,7 +10,9 @@ A control plane under ``/_emulator/`` (no auth, never faulted) exposes the groun
 request statistics and the scripted incident for tests.
 
 The same app serves the Graph audit log query API (Purview audit search) over the same tenants
-under ``/graph/beta/security/auditLog/queries``: see :mod:`auditlake.emulator.purview`.
+under ``/graph/beta/security/auditLog/queries``: see :mod:`auditlake.emulator.purview`; and the
+Entra ID sign-in and directory audit logs under ``/graph/{beta,v1.0}/auditLogs``: see
+:mod:`auditlake.emulator.entra`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 
-from auditlake.emulator import purview
+from auditlake.emulator import entra, purview
 from auditlake.emulator.faults import (
     FaultInjector,
     FaultSpec,
@@ -192,7 +194,8 @@ class EmulatorState:
 
     Blob-level faults (late, expired, cutoff, malformed, oversize, dupblobs, hostile, hugestring,
     feedmissing) are applied to the tenants here, from *seed*. A ``pagesize`` fault overrides
-    *page_size*. *search_polls* and *search_page_size* shape the audit search (:attr:`search`).
+    *page_size*. *search_polls* and *search_page_size* shape the audit search (:attr:`search`);
+    *signins_per_day*, *entra_budget* and *entra_budget_window* the Entra logs (:attr:`entra`).
     """
 
     def __init__(
@@ -208,6 +211,9 @@ class EmulatorState:
         base_url: str | None = None,
         search_polls: int = 2,
         search_page_size: int = 100,
+        signins_per_day: int = entra.DEFAULT_SIGNINS_PER_DAY,
+        entra_budget: int = entra.DEFAULT_BUDGET,
+        entra_budget_window: float = entra.DEFAULT_BUDGET_WINDOW,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
@@ -233,6 +239,10 @@ class EmulatorState:
         self.search = purview.SearchService(
             self.tenants, faults=self.faults, seed=seed, clock=self.now, token=token, base_url=self.base_url,
             polls=search_polls, page_size=search_page_size,
+        )
+        self.entra = entra.EntraService(
+            self.tenants, faults=self.faults, seed=seed, clock=self.now, token=token, base_url=self.base_url,
+            signins_per_day=signins_per_day, budget=entra_budget, budget_window=entra_budget_window,
         )
 
     def now(self) -> datetime:
@@ -661,9 +671,10 @@ async def control_truth(request: web.Request) -> web.Response:
 
 async def control_stats(request: web.Request) -> web.Response:
     """Request counts, faults injected, PublisherIdentifier use, rejected and widest windows; the
-    audit search's own counters under ``search``."""
+    audit search's own counters under ``search``, the Entra logs' under ``entra``."""
     state = request.app[STATE]
-    return _json({**state.stats.to_json(state.injector.injected), "search": state.search.stats.to_json()})
+    return _json({**state.stats.to_json(state.injector.injected), "search": state.search.stats.to_json(),
+                  "entra": state.entra.stats.to_json()})
 
 
 async def control_incident(request: web.Request) -> web.Response:
@@ -697,6 +708,7 @@ def build_app(state: EmulatorState) -> web.Application:
     r.add_get("/_emulator/incident", control_incident)
     r.add_get("/_emulator/tenants", control_tenants)
     purview.add_routes(app, state.search)
+    entra.add_routes(app, state.entra)
     return app
 
 
@@ -716,7 +728,10 @@ class EmulatorServer:
     ``emu.graph_root`` is ``{base_url}/graph`` (the audit search is ``{graph_root}/beta/security/auditLog/queries``).
     Tenants are generated with ``now = clock()`` at entry; ``days`` beyond 7 is history only the
     audit search serves. ``search_polls`` is how many GETs a query takes to end, ``search_page_size``
-    the records per page of its results.
+    the records per page of its results. ``signins_per_day`` is the interactive user sign-ins a tenant
+    has a day in the Entra logs (the other kinds in proportion, :data:`entra.KIND_SHARE`);
+    ``entra_budget`` requests per ``entra_budget_window`` seconds per tenant are served there (Graph's
+    5 per 10 s by default; 0 for no limit).
     """
 
     def __init__(
@@ -736,6 +751,9 @@ class EmulatorServer:
         subscriptions_enabled: bool = False,
         search_polls: int = 2,
         search_page_size: int = 100,
+        signins_per_day: int = entra.DEFAULT_SIGNINS_PER_DAY,
+        entra_budget: int = entra.DEFAULT_BUDGET,
+        entra_budget_window: float = entra.DEFAULT_BUDGET_WINDOW,
     ) -> None:
         self.tenant_ids = [str(uuid.UUID(t)) for t in tenant_ids] if tenant_ids else [default_tenant_id(seed)]
         self.seed = seed
@@ -751,6 +769,9 @@ class EmulatorServer:
         self.subscriptions_enabled = subscriptions_enabled
         self.search_polls = search_polls
         self.search_page_size = search_page_size
+        self.signins_per_day = signins_per_day
+        self.entra_budget = entra_budget
+        self.entra_budget_window = entra_budget_window
         self._runner: web.AppRunner | None = None
         self._state: EmulatorState | None = None
         self.base_url = ""
@@ -788,6 +809,8 @@ class EmulatorServer:
             tenants, faults=self.faults, seed=self.seed, clock=self.clock, page_size=self.page_size,
             token=self.token, subscriptions_enabled=self.subscriptions_enabled,
             search_polls=self.search_polls, search_page_size=self.search_page_size,
+            signins_per_day=self.signins_per_day, entra_budget=self.entra_budget,
+            entra_budget_window=self.entra_budget_window,
         )
         self._runner = web.AppRunner(build_app(self._state), access_log=None)
         await self._runner.setup()
@@ -820,8 +843,10 @@ def run_forever(
     *,
     page_size: int = 100,
     subscriptions_enabled: bool = False,
+    signins_per_day: int = entra.DEFAULT_SIGNINS_PER_DAY,
 ) -> None:
-    """Serve until SIGINT or SIGTERM; print ``emulator listening on URL tenants=...`` once ready."""
+    """Serve until SIGINT or SIGTERM; print ``emulator listening on URL tenants=...`` once ready.
+    *signins_per_day* sizes the Entra logs (see :class:`EmulatorServer`)."""
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -831,7 +856,7 @@ def run_forever(
         async with EmulatorServer(
             list(tenant_ids) or None, seed=seed, days=days, records_per_day=records_per_day, scenario=scenario,
             faults=faults, host=host, port=port, page_size=page_size, token=token,
-            subscriptions_enabled=subscriptions_enabled,
+            subscriptions_enabled=subscriptions_enabled, signins_per_day=signins_per_day,
         ) as emu:
             print(f"emulator listening on {emu.api_root} tenants={','.join(emu.tenant_ids)}", flush=True)
             await stop.wait()
