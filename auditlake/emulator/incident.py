@@ -5,7 +5,7 @@ from the spray address (21), mailbox reads from that session (26-44), a forwardi
 rule (48, redirect added at 50), mailbox auditing switched off (53), a new secret on an
 enterprise application (70), that application reading mailboxes from a new address
 (95-130), a licence auto-claimed through the Signup service principal (180) and one
-assigned in the admin centre with empty ModifiedProperties (240).
+assigned in the admin centre with empty ModifiedProperties and no ObjectId (240).
 """
 
 from __future__ import annotations
@@ -192,9 +192,10 @@ def script_incident(f: RecordFactory, start: datetime) -> tuple[Incident, list[t
     ))
     admin_target = rng.choice([u for u in others if u is not signup_target and u is not license_admin])
     admin_lic_t = at(240)
+    # As the admin centre writes it: no ModifiedProperties and no ObjectId; only Target[] names the user.
     emit("Audit.AzureActiveDirectory", admin_lic_t, f.directory(
         admin_lic_t, "Change user license.", actor=license_admin, target=f.user_target(admin_target),
-        object_id=admin_target.upn, props=modified([]), ip=f.plain_ip(license_admin),
+        object_id=None, props=modified([]), ip=f.plain_ip(license_admin),
     ))
 
     incident = Incident(

@@ -480,7 +480,7 @@ class RecordFactory(Dice):
         *,
         actor: User | ServicePrincipal,
         target: list[dict[str, Any]],
-        object_id: str,
+        object_id: str | None,
         props: list[dict[str, str]],
         category: str = "User",
         ip: str | None = "",
