@@ -40,6 +40,7 @@ from duckdb_kql.errors import KqlError
 from duckdb_kql.server import CLUSTER_NAME, KustoRestServer, Result
 
 from auditlake.lake.kql_functions import KqlFunctionsError, library_functions, resolve_functions
+from auditlake.lake.kql_reach import KqlReachError, assertion_line, prepare
 
 if TYPE_CHECKING:
     from duckdb_kql.stored_functions import ResolvedFunctions
@@ -123,7 +124,16 @@ class _LakeServer(KustoRestServer):
                 raise KqlError("the collector has stopped serving this lake")
             # Parsed under the gate too: duckdb-kql's parser is not known to be safe in two threads at once.
             self.functions = _functions_for(csl)
-            return super().run(csl, parameters, database, options)
+            if not is_control_command(csl):
+                try:
+                    # What duckdb-kql lacks for Sentinel content, as `auditlake query` supplies it.
+                    csl = prepare(self._cursor, csl)
+                except KqlReachError as exc:
+                    raise KqlError(str(exc)) from None
+            try:
+                return super().run(csl, parameters, database, options)
+            except AssertionError as exc:  # an internal check of duckdb-kql: a one-line answer
+                raise KqlError(assertion_line(exc)) from None
 
     def databases(self) -> list[str]:
         # Asked before each request that names a database, outside run(): on the cursor too.
