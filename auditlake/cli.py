@@ -26,6 +26,7 @@ import orjson
 
 from function_app.config import Settings, SettingsError, adx_insecure_http_allowed, is_guid, parse_content_types
 from function_app.core.model import CONTENT_TYPES, BlobStatus
+from function_app.entra.streams import SHORT_NAMES, STREAMS, Stream
 from function_app.logredact import install_log_redaction
 
 LAKE_SETTING = "AUDITLAKE_LAKE"
@@ -111,6 +112,22 @@ def _port(value: str) -> int:
     return number
 
 
+def _sources(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip().lower() for n in value.split(",") if n.strip()))
+    known = ("feed", "entra", *SHORT_NAMES)
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown source {', '.join(unknown) or repr(value)}; "
+                                         f"choose from {', '.join(known)}")
+    return names
+
+
+def entra_streams(sources: Sequence[str]) -> list[Stream]:
+    """The Entra ID streams *sources* names (``entra``: all five), in their fixed order."""
+    chosen = set(STREAMS) if "entra" in sources else {SHORT_NAMES[n] for n in sources if n in SHORT_NAMES}
+    return [s for s in STREAMS if s in chosen]
+
+
 def _api_root(value: str) -> str:
     root = value.strip().rstrip("/")
     if not re.match(r"^https?://[^/\s]+(/\S*)?$", root):
@@ -165,14 +182,20 @@ def run_kql(con: Any, text: str) -> tuple[list[str], list[str], list[tuple[Any, 
     import duckdb_kql
 
     from auditlake.lake.kql_functions import KqlFunctionsError, register_functions
+    from auditlake.lake.kql_reach import KqlReachError, assertion_line, prepare
 
     try:
         register_functions(text)
-        rel = duckdb_kql.kql(con, text)
+        # What duckdb-kql lacks for Sentinel content, supplied; `text` itself when nothing is needed.
+        rel = duckdb_kql.kql(con, prepare(con, text))
     except KqlFunctionsError as exc:
         raise CliError(f"KQL functions: {exc}") from exc
+    except KqlReachError as exc:
+        raise CliError(str(exc)) from exc
     except duckdb_kql.KqlError as exc:
         raise CliError(f"KQL: {exc}") from exc
+    except AssertionError as exc:  # an internal check of duckdb-kql: never a traceback
+        raise CliError(assertion_line(exc)) from exc
     return list(rel.columns), [str(t) for t in rel.types], rel.fetchall()
 
 
@@ -386,7 +409,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     try:
         run_forever(host=args.host, port=args.port, tenant_ids=args.tenant_id or [DEMO_TENANT], seed=args.seed,
                     days=args.days, records_per_day=args.records_per_day, scenario=args.scenario, faults=faults,
-                    token=args.token)
+                    token=args.token, signins_per_day=args.signins_per_day)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise CliError(f"--port {args.port}: in use by another program; choose another port, "
@@ -573,6 +596,18 @@ def pass_line(report: Any, next_in: float | None, *, now: datetime | None = None
     return f"{stamp} pass: " + "; ".join(parts) + tail
 
 
+def entra_line(outcomes: Sequence[Any]) -> str:
+    """One status line for a pass's Entra ID polls: windows, records, new and late ones, the first error."""
+    from function_app.entra.poller import summary_of
+
+    total = summary_of(outcomes)
+    line = (f"entra: {total['windows']:,} window(s), {total['records']:,} record(s) read, "
+            f"{total['inserted']:,} new, {total['late']:,} late")
+    if total["errors"]:
+        line += f"; {len(total['errors'])} error(s): {total['errors'][0]}"
+    return line
+
+
 def _open_lake_for_writing(value: str, command: str) -> Any:
     from auditlake.lake.duckdb_lake import LakeUnavailableError, LocalLake
 
@@ -615,11 +650,15 @@ def cmd_collect(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         raise UsageError(str(exc)) from exc
     adx = _adx_target(args)
+    streams = entra_streams(args.source)
     lake = _open_lake_for_writing(args.lake, "collect")
     started = datetime.now(UTC)
 
     def on_pass(report: Any, next_in: float | None) -> None:
         view.print(pass_line(report, next_in))
+
+    def on_entra(outcomes: Sequence[Any]) -> None:
+        view.print(entra_line(outcomes))
 
     try:
         serving: contextlib.AbstractContextManager[Any] = (
@@ -630,7 +669,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
                            "uses it; Kusto tools connect there without authentication)")
             report = asyncio.run(collect(settings, lake, args.tenant_id or (), content_types, adx=adx,
                                          since=args.since, once=args.once, interval=args.interval,
-                                         progress=Progress(view.listed, view.settled, on_pass)))
+                                         progress=Progress(view.listed, view.settled, on_pass, on_entra),
+                                         feed="feed" in args.source, entra=streams))
         print_summary(lake.connection, started)
     except EndpointError as exc:
         raise CliError(str(exc)) from None
@@ -969,11 +1009,17 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--api-root", type=_api_root, metavar="URL",
                        help="Management API root instead of the cloud's, e.g. an emulator's "
                             "http://127.0.0.1:8765/api/v1.0 (default: $AUDITLAKE_API_ROOT)")
+    p.add_argument("--graph-root", type=_api_root, metavar="URL",
+                   help="Microsoft Graph root instead of the cloud's, for --source entra, e.g. an emulator's "
+                        "http://127.0.0.1:8765/graph (default: $AUDITLAKE_GRAPH_ROOT)")
+    p.add_argument("--source", type=_sources, default=("feed",), metavar="NAMES",
+                   help="what to collect, comma-separated: feed (the Management Activity API), entra (all five Entra "
+                        f"ID logs from Microsoft Graph), or one of {', '.join(SHORT_NAMES)} (default: feed)")
     p.add_argument("--content-type", action="append", metavar="TYPE",
                    help=f"one of {', '.join(CONTENT_TYPES)} (repeatable; default: all five)")
     p.add_argument("--since", type=_since, metavar="WHEN",
-                   help="where a content type without a checkpoint starts: 7d, 12h, 30m or an ISO datetime "
-                        "(default: 7 days ago, as far back as the API serves)")
+                   help="where a content type or Entra log without a checkpoint starts: 7d, 12h, 30m or an ISO "
+                        "datetime (default: 7 days ago, as far back as the feed serves)")
     p.add_argument("--lake", default=lake,
                    help=_LAKE_HELP + "; with --adx-ingest-uri it keeps only the ledger and checkpoints")
     p.add_argument("--adx-ingest-uri", metavar="URL", help="write the records into ADX instead: its data-management "
@@ -1088,6 +1134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7, help="seed of the synthetic tenant")
     p.add_argument("--days", type=_positive_float, default=7, help="days of history served")
     p.add_argument("--records-per-day", type=_count, default=3000, metavar="N", help="records per tenant per day")
+    p.add_argument("--signins-per-day", type=_count, default=100, metavar="N",
+                   help="interactive Entra ID sign-ins per tenant per day; the other sign-in kinds and the directory "
+                        "audits scale from it")
     p.add_argument("--token", help="require exactly this bearer token (default: any)")
     p.set_defaults(func=cmd_emulator)
 

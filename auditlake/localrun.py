@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import duckdb
@@ -16,6 +16,8 @@ from function_app.config import Settings
 from function_app.core.model import BlobStatus, ContentBlob, utc
 from function_app.core.pipeline import CollectReport, Pipeline
 from function_app.core.process import BlobOutcome
+from function_app.entra.poller import ENTRA_RETENTION, EntraPoller, EntraRules, StreamOutcome, poll_tenants
+from function_app.entra.streams import Stream
 from function_app.o365.auth import TokenProvider
 from function_app.purview.backfill import (
     SEARCH_CONTENT_TYPE,
@@ -38,6 +40,8 @@ class Progress:
     settled: Callable[[BlobOutcome], None] = lambda o: None
     passed: Callable[[CollectReport, float | None], None] = lambda report, next_in: None
     """After each pass of a long run: its report, and the seconds until the next pass (None: none follows)."""
+    entra: Callable[[Sequence[StreamOutcome]], None] = lambda outcomes: None
+    """After each pass's Entra ID polls: what each tenant's streams brought."""
 
 
 async def collect(
@@ -55,6 +59,9 @@ async def collect(
     progress: Progress | None = None,
     clock: Callable[[], datetime] = utcnow,
     stop: asyncio.Event | None = None,
+    feed: bool = True,
+    entra: Sequence[Stream] = (),
+    entra_rules: EntraRules | None = None,
 ) -> CollectReport:
     """Collect into *lake*, or with *adx* into ADX (the lake then holds the ledger and checkpoints,
     and ADX gets the ledger mirrored). With *once*, catch up, sweep and return; otherwise repeat
@@ -65,18 +72,34 @@ async def collect(
 
     Raises LakeUnavailableError as soon as the lake itself fails (disk full, out of memory, a
     damaged file): the pass stops without fetching further blobs, and every blob not settled is
-    left pending in the ledger, so running again after the cause is fixed loses nothing."""
+    left pending in the ledger, so running again after the cause is fixed loses nothing.
+
+    *feed* collects the Management Activity feed; *entra* lists the Entra ID streams polled from
+    Microsoft Graph in each pass too (their runs are in the report's ``runs``, their windows in the
+    ledger); a stream without a checkpoint starts at *since*, else ``entra_rules.initial_lookback``."""
     progress = progress or Progress()
     feeds = feeds_of(settings, tenant_ids, content_types)
-    async with open_parts(settings, feeds=feeds, lake=lake, adx=adx, tokens=tokens, env=env, clock=clock) as parts:
+    async with open_parts(settings, feeds=feeds, lake=lake, adx=adx, tokens=tokens, env=env, clock=clock,
+                          entra=bool(entra)) as parts:
         pipeline = Pipeline(
             api=parts.api, state=parts.state, sink=parts.sink, build_rows=parts.build_rows, clock=parts.clock,
             rules=parts.rules, concurrency=settings.concurrency,
             on_listed=progress.listed, on_outcome=progress.settled,
         )
+        poller = None
+        if parts.entra is not None:
+            rules = entra_rules or EntraRules()
+            if since is not None:
+                rules = replace(rules, initial_lookback=max(timedelta(minutes=1),
+                                                            min(utc(clock()) - utc(since), ENTRA_RETENTION)))
+            poller = EntraPoller(parts.entra, parts.state, parts.sink, rules=rules, now=parts.clock)
         pairs = [(t.tenant_id, ct) for t in feeds for ct in t.content_types]
         while True:
-            report = await pipeline.collect_once(pairs, since=since, sweep=once)
+            report = await pipeline.collect_once(pairs, since=since, sweep=once) if feed else CollectReport()
+            if poller is not None and report.stopped is None:
+                outcomes = await poll_tenants(poller, [t.tenant_id for t in feeds], entra)
+                report.runs.extend(o.run for o in outcomes if o.run is not None)
+                progress.entra(outcomes)
             if report.stopped is not None:
                 log.info("collect stopped blobs_settled=%d blobs_left_pending=%d",
                          len(report.outcomes), report.unsettled)
