@@ -23,11 +23,11 @@ is supplied by the cheapest mechanism that keeps Kusto's answer, chosen per cons
   - deprecated scalar names (``parsejson``, ``extractjson``, ``arraylength``, ``make_dictionary``)
     renamed: duckdb-kql recognises ``parse_json`` as dynamic by name, so a copied row would not do;
   - ``extract_json(p, t, typeof(T))`` -> ``toT(extract_json(p, t))``, Kusto's conversion;
-  - ``iff``/``iif``/``case`` with a visibly dynamic branch: every other branch becomes
-    ``pack_array(b)[0]``, the same value as dynamic. The docs say the branches must share a type;
-    Sentinel content mixes dynamic and string and runs, so the result is dynamic, as the dynamic
-    branch makes it. A branch that is a column of unknown type is wrapped too: the wrap is the
-    identity on a dynamic value;
+  - ``iff``/``iif``/``case`` with a visibly dynamic branch beside branches of another type: the
+    dynamic branches are converted to that type (``tostring`` ...), as Kusto's language service
+    types the call (checked: ``iff(c, dynamic(1), "s")`` is string). A column branch's type comes
+    from compiling the operator's input; when no type is known the call is left alone;
+  - ``extract_all(re, dynamic(["name", ...]), s)``: group names -> their RE2 numbers;
   - ``mv-expand <expr>`` reading one column C -> ``mv-expand C = <expr>`` (Kusto: the expansion
     replaces that column); with no or several columns it is left to duckdb-kql's refusal;
   - a parenthesised query as a pipe's source -> a fresh ``let`` before its statement;
@@ -38,12 +38,18 @@ is supplied by the cheapest mechanism that keeps Kusto's answer, chosen per cons
     ``asc``/``desc`` sort the matches by name, ``granny-asc``/``granny-desc`` naturally;
   - ``mv-apply`` whose subquery has only row-level operators (where, extend, parse, project-away,
     project-rename, mv-expand) -> ``mv-expand`` followed by those operators, which is what the
-    subquery sees per row.
+    subquery sees per row; with one ``summarize`` (no ``by``) -> expand, then the aggregates (as
+    their ``*_if`` forms) ``by`` every input column, one row per input row even for an empty
+    array (identical input rows merge: there is no row id);
+  - ``evaluate bag_unpack(B, prefix, columnsConflict=...)`` -> ``extend`` of each key the data
+    holds (asked of the lake first), then ``project-away B``; ``column_ifexists(n, d)`` -> the
+    column or the default, from the compiled input's columns; tabular let functions whose
+    parameters are all scalars are inlined like those with a tabular one.
 
 * **One line, "runs on ADX"** (:class:`KqlReachError`) for what cannot run faithfully here:
-  ``mv-apply`` with an aggregating subquery (summarize, top, take, ...: joining per-row results
-  back needs a stable row identity, and duckdb-kql re-evaluates a ``let`` at each use and has no
-  ``serialize``/``row_number()``), ``make-series`` and the ``series_*`` functions (decomposition,
+  ``mv-apply`` with top, take, ``summarize ... by`` or several arrays in its subquery (joining
+  per-row results back needs a stable row identity, and duckdb-kql re-evaluates a ``let`` at each
+  use and has no ``serialize``/``row_number()``), ``make-series`` and the ``series_*`` functions (decomposition,
   line fitting: no local implementation agrees with ADX's numerics).
 
 ``hash(x)`` is XXH64 with seed 0 over the UTF-8 bytes of a string, which is ADX's value for a
@@ -57,10 +63,13 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
-KqlColumns = Callable[[str], list[str]]
-"""Compiles a KQL query and returns its column names (for project-reorder)."""
+KqlColumns = Callable[[str], list[tuple[str, str]]]
+"""Compiles a KQL query and returns its columns as (name, DuckDB type), without running it."""
+
+KqlRows = Callable[[str], list[tuple[Any, ...]]]
+"""Runs a KQL query and returns its rows (for bag_unpack, whose columns come from the data)."""
 
 
 class KqlReachError(Exception):
@@ -240,6 +249,14 @@ def install() -> None:
         note="auditlake kql_reach")
 
 
+    # Kusto: the root keys of a property bag; anything else (null, an array, a scalar) is null.
+    SCALAR_FUNCTIONS["bag_keys"] = FunctionSpec(
+        "bag_keys", "template",
+        "CASE WHEN json_type(TRY_CAST(to_json({0}) AS JSON)) = 'OBJECT' "
+        "THEN to_json(json_keys(TRY_CAST(to_json({0}) AS JSON))) END", (1,),
+        note="auditlake kql_reach")
+
+
 def register_macros(con: Any) -> None:
     """Define the SQL macros our rows call, on *con* (TEMP: allowed on a read-only lake)."""
     for statement in MACROS:
@@ -338,15 +355,71 @@ def _statement_start(ctx: Any) -> int:
     return 0
 
 
+def _kql_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _quote(name: str) -> str:
     return name if _IDENTIFIER.match(name) else "['" + name.replace("\\", "\\\\").replace("'", "\\'") + "']"
 
 
+def _string_value(literal: str) -> str | None:
+    """The value of a KQL string literal, or None for anything else (a column, a call, h"...")."""
+    literal = literal.strip()
+    verbatim = re.fullmatch(r"@(['\"])(.*)\1", literal, re.S)
+    if verbatim is not None:
+        quote = verbatim.group(1)
+        return verbatim.group(2).replace(quote * 2, quote)
+    plain = re.fullmatch(r"(['\"])((?:\\.|(?!\1).)*)\1", literal, re.S)
+    if plain is None:
+        return None
+    escapes = {"n": "\n", "t": "\t", "r": "\r", "0": "\0"}
+    return re.sub(r"\\(.)", lambda m: escapes.get(m.group(1), m.group(1)), plain.group(2), flags=re.S)
+
+
+def _regex_groups(pattern: str) -> list[str | None]:
+    """The capture groups of *pattern* in RE2's numbering (opening parenthesis order), each by
+    its name, None when unnamed."""
+    groups: list[str | None] = []
+    i, in_class = 0, False
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]"
+        elif c == "[":
+            in_class = True
+        elif c == "(":
+            named = re.match(r"\?(?:P?<(?![=!])(\w+)>|'(\w+)')", pattern[i + 1:])
+            if named is not None:
+                groups.append(named.group(1) or named.group(2))
+            elif not pattern.startswith("?", i + 1):
+                groups.append(None)
+        i += 1
+    return groups
+
+
 class _Rewriter:
-    def __init__(self, text: str, columns: KqlColumns | None) -> None:
+    def __init__(self, text: str, columns: KqlColumns | None, run: KqlRows | None = None) -> None:
         self.text = text
         self.columns = columns
+        self.run_rows = run
         self.counter = 0
+
+    def _input_columns(self, piped: Any, construct: str) -> list[tuple[str, str]]:
+        """The columns (name, DuckDB type) of the input of the operator in *piped*."""
+        if self.columns is None or piped is None:
+            raise on_adx(f"{construct} here")
+        _, head = self._pipe_head(piped)
+        try:
+            return self.columns(self.text[:_statement_start(piped)] + head)
+        except KqlReachError:
+            raise
+        except Exception as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise KqlReachError(f"KQL: {construct}: its input does not run on the local lake ({why})") from exc
 
     def fresh(self) -> str:
         while True:
@@ -359,9 +432,12 @@ class _Rewriter:
         from duckdb_kql import parse
         from duckdb_kql.errors import KqlSyntaxError
 
-        steps = (self._refusals, self._aliases, self._typed_extract, self._dynamic_branches,
+        # Steps that need the columns of an operator's input (compiled by duckdb-kql) come last,
+        # so that every text-only rewrite has been made in that input first.
+        steps = (self._refusals, self._aliases, self._typed_extract, self._extract_all_names,
                  self._mv_expand_name, self._paren_source, self._tabular_functions,
-                 self._mv_apply, self._project_reorder)
+                 self._mv_apply, self._bag_unpack, self._column_ifexists, self._dynamic_branches,
+                 self._project_reorder)
         for _ in range(MAX_PASSES):
             try:
                 tree = parse(self.text).tree
@@ -424,7 +500,52 @@ class _Rewriter:
         call = re.match(r"([A-Za-z_]\w*)\s*\(", source)
         return call is not None and call.group(1).lower() in _DYNAMIC_CALLS
 
+    _STRING_CALLS = frozenset({"tostring", "strcat", "strcat_delim", "tolower", "toupper", "trim", "trim_start",
+                               "trim_end", "extract", "substring", "replace", "replace_string", "replace_regex",
+                               "strcat_array", "tohex", "format_datetime", "format_timespan", "url_decode",
+                               "url_encode", "base64_decode_tostring", "base64_encode_tostring", "reverse",
+                               "translate", "typeof", "gettype"})
+    _DUCKDB_CONVERSIONS: ClassVar[dict[str, str]] = {
+        "VARCHAR": "tostring", "BIGINT": "tolong", "INTEGER": "toint", "DOUBLE": "todouble",
+                           "BOOLEAN": "tobool", "TIMESTAMP": "todatetime", "TIMESTAMP WITH TIME ZONE": "todatetime",
+                           "INTERVAL": "totimespan", "UUID": "toguid", "JSON": ""}
+
+    def _branch_type(self, branch: Any, input_types: Callable[[], dict[str, str]]) -> str | None:
+        """The conversion function of a branch's type ("" for dynamic), or None when not known."""
+        source = _text(self.text, branch).strip()
+        while source.startswith("(") and source.endswith(")") and _first(branch, "parenthesizedExpression"):
+            source = source[1:-1].strip()
+        if self._is_dynamic(branch) or re.match(r"(?i)(dynamic|todynamic|parse_json|split|pack_array|bag_keys|"
+                                                r"extract_all|array_slice|zip)\s*\(", source):
+            return ""
+        paths = [n for n in _walk(branch) if _rule(n) == "functionCallOrPathExpression"
+                 and _text(self.text, n).strip() == source]
+        if paths and _child(paths[0], "functionCallOrPathOperation") is not None:
+            return ""  # `x.a`, `x[0]`: only a dynamic value has members
+        if re.fullmatch(r"@?(\"[^\"]*\"|'[^']*')", source):
+            return "tostring"
+        if re.fullmatch(r"-?\d+", source):
+            return "tolong"
+        if re.fullmatch(r"-?\d+\.\d*(e-?\d+)?", source):
+            return "todouble"
+        if source in ("true", "false"):
+            return "tobool"
+        call = re.match(r"([A-Za-z_]\w*)\s*\(", source)
+        if call is not None:
+            name = call.group(1).lower()
+            if name in self._STRING_CALLS:
+                return "tostring"
+            return name if name in set(_TYPE_CONVERSIONS.values()) else None
+        bare = source.strip("[]'\" ") if re.fullmatch(r"\w+|\[['\"][^'\"]+['\"]\]", source) else None
+        if bare is None:
+            return None
+        kind = input_types().get(bare)
+        return self._DUCKDB_CONVERSIONS.get(kind) if kind is not None else None
+
     def _dynamic_branches(self, tree: Any) -> list[tuple[int, int, str]]:
+        """Kusto types `iff`/`case` with a dynamic branch beside branches of another type as that
+        other type (the language service infers `iff(c, dynamic(1), "s")` as string), so each
+        dynamic branch is converted to it."""
         for node in _walk(tree):
             if _rule(node) != "namedFunctionCallExpression":
                 continue
@@ -436,10 +557,26 @@ class _Rewriter:
                 branches = [*args[1::2], args[-1]]
             else:
                 continue
-            dynamic = [self._is_dynamic(b) for b in branches]
-            if any(dynamic) and not all(dynamic):
-                return [(*_span(b), f"pack_array({_text(self.text, b)})[0]")
-                        for b, d in zip(branches, dynamic, strict=True) if not d]
+            known: dict[str, str] | None = None
+            piped = _ancestor(node, ("pipedOperator",))
+
+            def input_types(piped: Any = piped) -> dict[str, str]:
+                nonlocal known
+                if known is None:
+                    try:
+                        known = dict(self._input_columns(piped, "iff"))
+                    except KqlReachError:
+                        known = {}  # a branch of unknown type: the call is left as it is
+                return known
+
+            if not any(self._branch_type(b, dict) == "" for b in branches):
+                continue
+            types = [self._branch_type(b, input_types) for b in branches]
+            target = next((t for t in types if t), None)
+            if target is None or target == "todynamic":
+                continue
+            return [(*_span(b), f"{target}({_text(self.text, b)})")
+                    for b, t in zip(branches, types, strict=True) if t == ""]
         return []
 
     def _mv_expand_name(self, tree: Any) -> list[tuple[int, int, str]]:
@@ -478,7 +615,8 @@ class _Rewriter:
             if _rule(declaration) != "letFunctionDeclaration":
                 continue
             parameters = _child(declaration, "letFunctionParameterList")
-            if parameters is None or _first(parameters, "tabularParameter") is None:
+            tabular = parameters is not None and _first(parameters, "tabularParameter") is not None
+            if not tabular and not self._tabular_body(declaration):
                 continue
             name = _text(self.text, _child(declaration, "identifierOrKeywordOrEscapedName"))
             _, declared = _span(declaration)
@@ -498,6 +636,18 @@ class _Rewriter:
             return [(start, end + (after.end() if after else 0), "")]
         return []
 
+    def _tabular_body(self, declaration: Any) -> bool:
+        """A function of scalars whose body is a pipeline (duckdb-kql inlines only scalar bodies)."""
+        body = _child(declaration, "letFunctionBody")
+        result = _child(body, "expression") if body is not None else None
+        if result is None:
+            return False
+        if re.match(r"(?i)union\b", _text(self.text, result).strip()):
+            return True
+        expressions = [result] + [e for st in _kids(body) if _rule(st) == "letFunctionBodyStatement"
+                                  for e in [_first(st, "expression")] if e is not None]
+        return any(_child(_child(e, "pipeExpression") or e, "pipedOperator") is not None for e in expressions)
+
     def _inline_invoke(self, declaration: Any, invoke: Any, call: Any) -> list[tuple[int, int, str]]:
         piped = invoke.parentCtx.parentCtx  # invokeOperator < afterPipeOperator < pipedOperator
         pipe = piped.parentCtx
@@ -514,7 +664,8 @@ class _Rewriter:
 
     def _inline(self, declaration: Any, call: Any, args: list[str], at: int) -> list[tuple[int, int, str]]:
         name = _text(self.text, _child(declaration, "identifierOrKeywordOrEscapedName"))
-        parameters = [p for p in _walk(_child(declaration, "letFunctionParameterList"))
+        declared_list = _child(declaration, "letFunctionParameterList")
+        parameters = [p for p in (_walk(declared_list) if declared_list is not None else ())
                       if _rule(p) in ("tabularParameter", "scalarParameter")]
         if len(args) > len(parameters):
             raise KqlReachError(f"KQL: {name}() takes {len(parameters)} argument(s), got {len(args)}")
@@ -564,6 +715,194 @@ class _Rewriter:
             out = out[: s - start] + new + out[e - start:]
         return f"let {prefix} = {out};" if last else f"{out};"
 
+    def _extract_all_names(self, tree: Any) -> list[tuple[int, int, str]]:
+        for node in _walk(tree):
+            if _rule(node) != "namedFunctionCallExpression" or _call_name(node, self.text).lower() != "extract_all":
+                continue
+            args = _call_args(node)
+            if len(args) != 3:
+                continue
+            selection = re.fullmatch(r"dynamic\s*\(\s*\[(.*)\]\s*\)", _text(self.text, args[1]).strip(), re.S)
+            if selection is None or not re.search(r"['\"]", selection.group(1)):
+                continue
+            pattern = _string_value(_text(self.text, args[0]))
+            if pattern is None:
+                continue  # duckdb-kql refuses a regex that is not a literal, as Kusto does
+            groups = _regex_groups(pattern)
+            wanted: list[str] = []
+            for member in (m.strip() for m in selection.group(1).split(",") if m.strip()):
+                name = _string_value(member)
+                if name is None:
+                    wanted.append(member)
+                elif name in groups:
+                    wanted.append(str(groups.index(name) + 1))
+                else:
+                    raise KqlReachError(f"KQL: extract_all(): the regex has no capture group named {name!r}")
+            return [(*_span(args[1]), f"dynamic([{', '.join(wanted)}])")]
+        return []
+
+    _IF_AGGREGATES: ClassVar[dict[str, str]] = {
+        "count": "countif", "make_bag": "make_bag_if", "make_set": "make_set_if",
+                      "makeset": "make_set_if", "make_list": "make_list_if", "makelist": "make_list_if",
+                      "sum": "sumif", "dcount": "dcountif", "min": "minif", "max": "maxif", "avg": "avgif",
+                      "take_any": "take_anyif", "any": "take_anyif", "countif": "countif"}
+    _DEFAULT_PREFIX: ClassVar[dict[str, str]] = {
+        "make_bag": "bag", "make_set": "set", "makeset": "set", "make_list": "list",
+                       "makelist": "list", "sum": "sum", "dcount": "dcount", "min": "min", "max": "max",
+                       "avg": "avg", "take_any": "any", "any": "any"}
+
+    def _mv_apply_aggregate(self, item: Any, hit: str) -> str:
+        """`[name =] agg(args)` of the subquery's summarize, counting only the rows that came
+        from the array (and passed its `where`s)."""
+        named = _child(item, "namedExpressionNameClause")
+        value = _child(item, "unnamedExpression")
+        call = _first(value, "namedFunctionCallExpression")
+        if re.fullmatch(r"count\s*\(\s*\)", _text(self.text, value).strip()):
+            agg, args = "count", []  # `count` is a keyword: its call is not a named call
+        elif call is None or _span(call) != _span(value):
+            raise on_adx("mv-apply with a computed aggregate in its subquery")
+        else:
+            agg = _call_name(call, self.text).lower()
+            args = [_text(self.text, a) for a in _call_args(call)]
+        target = self._IF_AGGREGATES.get(agg)
+        if target is None:
+            raise on_adx(f"mv-apply with {agg}() in its subquery")
+        if named is not None:
+            name = _text(self.text, named).rstrip("=").strip()
+        elif agg in ("count", "countif"):
+            name = f"{agg}_"
+        elif args and _IDENTIFIER.match(args[0].strip()):
+            name = f"{self._DEFAULT_PREFIX[agg]}_{args[0].strip()}"
+        else:
+            raise on_adx(f"mv-apply with an unnamed {agg}() of an expression in its subquery")
+        if agg == "countif":
+            return f"{name} = countif(({args[0]}) and {hit})"
+        if agg == "count":
+            return f"{name} = countif({hit})"
+        return f"{name} = {target}({', '.join([args[0], hit, *args[1:]])})"
+
+    def _mv_apply_summarized(self, node: Any, operators: list[Any]) -> list[tuple[int, int, str]]:
+        """`mv-apply X = E on (row-level ops | summarize aggs | row-level ops)` ->
+        expand, then the aggregates grouped by every input column. Kusto gives each input row one
+        row (a summarize of no rows is one row: count 0, an empty bag), so a row whose array is
+        empty or null is kept through a one-null expansion its aggregates do not count, and the
+        subquery's `where`s become that flag instead of dropping rows. Identical input rows are
+        merged into one: without a row id they cannot be told apart."""
+        kinds = [_rule(_kids(o)[0]) for o in operators]
+        at = kinds.index("summarizeOperator")
+        pre, post = operators[:at], operators[at + 1:]
+        summarize = _kids(operators[at])[0]
+        if _child(summarize, "summarizeOperatorByClause") is not None:
+            raise on_adx("mv-apply with summarize ... by in its subquery")
+        for op in [*pre, *post]:
+            kind = _rule(_kids(op)[0])
+            if kind not in ("whereOperator", "filterOperator", "extendOperator", "parseOperator") or (
+                    op in post and kind == "parseOperator"):
+                raise on_adx(f"mv-apply with {re.sub(r'Operator$', '', kind)} beside summarize in its subquery")
+        items = [k for k in _kids(node) if _rule(k) == "mvapplyOperatorExpression"]
+        if len(items) != 1 or any(not _rule(k) and k.getText().lower() in ("with_itemindex", "limit")
+                                  for k in _kids(node)):
+            raise on_adx("mv-apply of several arrays (or with_itemindex, limit) with summarize")
+        item = items[0]
+        named = _child(item, "namedExpression")
+        clause = _child(named, "namedExpressionNameClause")
+        array = _text(self.text, _child(named, "unnamedExpression"))
+        name = _text(self.text, clause).rstrip("=").strip() if clause is not None else array.strip()
+        if not _IDENTIFIER.match(name.strip("[]'\" ")):
+            raise on_adx("mv-apply of an unnamed expression with summarize")
+        to = _child(item, "mvapplyOperatorExpressionToClause")
+        typed = f" {_text(self.text, to)}" if to is not None else ""
+        piped = _ancestor(node, ("pipedOperator",))
+        bare = name.strip("[]'\" ")
+        columns = [c for c, _ in self._input_columns(piped, "mv-apply with summarize") if c != bare]
+        hit = self.fresh()
+        ops = [f"extend {hit} = coalesce(array_length({array}), 0) > 0",
+               f"mv-expand {name} = iff({hit}, {array}, dynamic([null])){typed}"]
+        for op in pre:
+            kind = _rule(_kids(op)[0])
+            if kind in ("whereOperator", "filterOperator"):
+                predicate = _text(self.text, _child(_kids(op)[0], "expression") or _kids(_kids(op)[0])[-1])
+                ops.append(f"extend {hit} = {hit} and ({predicate})")
+            else:
+                ops.append(_text(self.text, op))
+        aggregates = [self._mv_apply_aggregate(k, hit) for k in _kids(summarize) if _rule(k) == "namedExpression"]
+        ops.append(f"summarize {', '.join(aggregates)} by {', '.join(_quote(c) for c in columns)}")
+        ops += [_text(self.text, op) for op in post]
+        return [(*_span(node), " | ".join(ops))]
+
+    def _bag_unpack(self, tree: Any) -> list[tuple[int, int, str]]:
+        for node in _walk(tree):
+            if _rule(node) != "evaluateOperator":
+                continue
+            call = _first(node, "namedFunctionCallExpression")
+            if call is None or _call_name(call, self.text).lower() != "bag_unpack":
+                continue
+            positional: list[str] = []
+            options: dict[str, str] = {}
+            for arg in _call_args(call):
+                named = _first(arg, "namedExpressionNameClause")
+                value = _text(self.text, _first(arg, "unnamedExpression"))
+                if named is not None:
+                    options[_text(self.text, named).rstrip("=").strip().lower()] = value
+                else:
+                    positional.append(value)
+            if not positional or len(positional) > 3 or ("outputcolumnprefix" in options and len(positional) > 1):
+                raise KqlReachError("KQL: bag_unpack() takes a column, then an optional prefix")
+            column = positional[0].strip()
+            prefix = _string_value(options.get("outputcolumnprefix", positional[1] if len(positional) > 1 else "''"))
+            conflict = _string_value(options.get("columnsconflict", positional[2] if len(positional) > 2
+                                                 else "'error'"))
+            ignored_text = options.get("ignoredproperties", "dynamic([])")
+            ignored = re.fullmatch(r"dynamic\s*\(\s*\[(.*)\]\s*\)", ignored_text.strip(), re.S)
+            if prefix is None or conflict not in ("error", "replace_source", "keep_source") or ignored is None:
+                raise KqlReachError("KQL: bag_unpack(): the prefix, columnsConflict ('error', 'replace_source', "
+                                    "'keep_source') and ignoredProperties must be literals")
+            skip = {_string_value(m) for m in ignored.group(1).split(",") if m.strip()}
+            if _child(node, "evaluateOperatorSchemaClause") is not None:
+                raise on_adx("evaluate bag_unpack() with an output schema")
+            piped = _ancestor(node, ("pipedOperator",))
+            inputs = [c for c, _ in self._input_columns(piped, "evaluate bag_unpack()")]
+            if self.run_rows is None:
+                raise on_adx("evaluate bag_unpack() here")
+            _, head = self._pipe_head(piped)
+            key = self.fresh()
+            keys = sorted({str(r[0]) for r in self.run_rows(
+                f"{self.text[:_statement_start(piped)]}{head} | project {key} = bag_keys({column}) "
+                f"| mv-expand {key} | distinct {key} = tostring({key}) | where isnotempty({key})")})
+            extends: list[str] = []
+            for k in keys:
+                if k in skip:
+                    continue
+                out = f"{prefix}{k}"
+                if out in inputs and out != column.strip("[]'\" "):
+                    if conflict == "error":
+                        raise KqlReachError(f"KQL: bag_unpack(): the key {out!r} is already a column "
+                                            "(columnsConflict='error')")
+                    if conflict == "keep_source":
+                        continue
+                extends.append(f"{_quote(out)} = {column}[{_kql_string(k)}]")
+            away = f"project-away {column}"
+            # `extend` keeps its columns after the input's, as Kusto places the bag's.
+            replacement = (f"extend {', '.join(extends)} | " if extends else "") + away
+            if any(e.startswith(column.strip() + " ") for e in extends):
+                replacement = f"extend {', '.join(extends)}"  # a key named as the bag replaced it
+            return [(*_span(node), replacement)]
+        return []
+
+    def _column_ifexists(self, tree: Any) -> list[tuple[int, int, str]]:
+        for node in _walk(tree):
+            if _rule(node) != "namedFunctionCallExpression" or _call_name(node, self.text).lower() != \
+                    "column_ifexists":
+                continue
+            args = _call_args(node)
+            name = _string_value(_text(self.text, args[0])) if len(args) == 2 else None
+            if name is None:
+                raise KqlReachError("KQL: column_ifexists() takes a column name (a string literal) and a default")
+            piped = _ancestor(node, ("pipedOperator",))
+            columns = {c for c, _ in self._input_columns(piped, "column_ifexists()")}
+            return [(*_span(node), _quote(name) if name in columns else f"({_text(self.text, args[1])})")]
+        return []
+
     def _pipe_head(self, piped: Any) -> tuple[Any, str]:
         pipe = piped.parentCtx
         return pipe, self.text[_span(pipe)[0]:_span(piped)[0]].rstrip()
@@ -575,6 +914,8 @@ class _Rewriter:
             sub = _child(node, "contextualSubExpression")
             operators = [n for n in _walk(sub) if _rule(n) == "afterPipeOperator"]
             kinds = [_rule(_kids(o)[0]) for o in operators]
+            if kinds.count("summarizeOperator") == 1:
+                return self._mv_apply_summarized(node, operators)
             blocked = next((k for k in kinds if k not in _ROW_LEVEL), None)
             if blocked is not None:
                 word = re.sub(r"Operator$", "", blocked)
@@ -591,14 +932,7 @@ class _Rewriter:
             if _rule(node) != "projectReorderOperator":
                 continue
             piped = _ancestor(node, ("pipedOperator",))
-            if self.columns is None or piped is None:
-                raise on_adx("project-reorder here")
-            _, head = self._pipe_head(piped)
-            query = self.text[:_statement_start(piped)] + head
-            try:
-                columns = self.columns(query)
-            except Exception as exc:
-                raise on_adx("project-reorder (its input's columns could not be found)") from exc
+            columns = [c for c, _ in self._input_columns(piped, "project-reorder")]
             return [(*_span(node), "project " + ", ".join(_quote(c) for c in self._reordered(node, columns)))]
         return []
 
@@ -622,11 +956,12 @@ class _Rewriter:
         return first + [c for c in columns if c not in first]
 
 
-def rewrite(text: str, columns: KqlColumns | None = None) -> str:
+def rewrite(text: str, columns: KqlColumns | None = None, run: KqlRows | None = None) -> str:
     """*text* with what duckdb-kql cannot translate said in what it can; *text* itself when nothing
-    needs it. *columns* compiles a query and returns its column names (project-reorder needs it).
+    needs it. *columns* compiles a query and returns its columns (project-reorder, mv-apply with
+    summarize, column_ifexists and typing iff need them); *run* runs one (bag_unpack).
     Raises KqlReachError for what cannot run on the local lake."""
-    return _Rewriter(text, columns).run()
+    return _Rewriter(text, columns, run).run()
 
 
 def prepare(con: Any, text: str) -> str:
@@ -635,7 +970,14 @@ def prepare(con: Any, text: str) -> str:
 
     install()
     register_macros(con)
-    return rewrite(text, lambda query: list(duckdb_kql.kql(con, query).columns))
+    def columns(query: str) -> list[tuple[str, str]]:
+        relation = duckdb_kql.kql(con, query)
+        return list(zip(relation.columns, (str(t) for t in relation.types), strict=True))
+
+    def run(query: str) -> list[tuple[Any, ...]]:
+        return list(duckdb_kql.kql(con, query).fetchall())
+
+    return rewrite(text, columns, run)
 
 
 def assertion_line(exc: AssertionError) -> str:

@@ -138,13 +138,15 @@ def test_mv_expand_of_an_expression_of_one_column_is_named_after_it(lake: duckdb
     assert got == [("From",), ("Move",)]
 
 
-def test_iff_with_a_dynamic_and_a_string_branch_is_dynamic(lake: duckdb.DuckDBPyConnection) -> None:
-    got = rows(lake, "OfficeActivity | where RecordType == '1' | order by UserId asc "
-                     "| project p = iff(UserId startswith 'ann', todynamic(Parameters), Operation) "
-                     "| project n = tostring(p[0].Name), s = tostring(p)")
-    assert got[0][0] == "From"
-    assert got[1] == ("", "Set-Mailbox")
-    assert rows(lake, 'print c = tostring(case(false, dynamic([1]), "x"))') == [("x",)]
+def test_iff_with_a_dynamic_and_a_string_branch_is_a_string(lake: duckdb.DuckDBPyConnection) -> None:
+    # Kusto's language service types iff(c, <dynamic>, <string>) as string: the dynamic branch converts.
+    columns, types, got = run_kql(lake, "OfficeActivity | where RecordType == '1' | order by UserId asc "
+                                        "| project p = iff(UserId startswith 'ann', todynamic(Parameters)[0].Name, "
+                                        "Operation), q = iif(UserId has 'bob', (split(UserId, '@')[1]), UserId)")
+    assert columns == ["p", "q"] and types == ["VARCHAR", "VARCHAR"]
+    assert got == [("From", "ann@contoso.test"), ("Set-Mailbox", "contoso.test")]
+    assert rows(lake, 'print c = case(false, dynamic([1]), "x"), n = iff(true, dynamic({"a": 2}).a, 0) + 1') == [
+        ("x", 3)]
 
 
 def test_mv_apply_with_a_row_level_subquery(lake: duckdb.DuckDBPyConnection) -> None:
@@ -155,8 +157,10 @@ def test_mv_apply_with_a_row_level_subquery(lake: duckdb.DuckDBPyConnection) -> 
 
 
 @pytest.mark.parametrize(("query", "line"), [
-    ("OfficeActivity | mv-apply p = todynamic(Parameters) on (summarize make_set(p))",
-     "KQL: mv-apply with summarize in its subquery does not run on the local lake; run this query in ADX"),
+    ("OfficeActivity | mv-apply p = todynamic(Parameters) on (top 1 by tostring(p.Name))",
+     "KQL: mv-apply with top in its subquery does not run on the local lake; run this query in ADX"),
+    ("OfficeActivity | mv-apply p = todynamic(Parameters) on (summarize make_set(p) by tostring(p.Name))",
+     "KQL: mv-apply with summarize ... by in its subquery does not run on the local lake; run this query in ADX"),
     ("OfficeActivity | make-series n = count() default = 0 on TimeGenerated step 1h by UserId",
      "KQL: make-series does not run on the local lake; run this query in ADX"),
     ("print s = series_fit_line(dynamic([1, 2, 3]))",
@@ -166,3 +170,54 @@ def test_what_runs_only_on_adx_says_so_in_one_line(lake: duckdb.DuckDBPyConnecti
     with pytest.raises(CliError) as caught:
         run_kql(lake, query)
     assert str(caught.value) == line
+
+
+def test_mv_apply_with_summarize_gives_each_input_row_one_row(lake: duckdb.DuckDBPyConnection) -> None:
+    # A row with no array still gets its row: the summarize of nothing (an empty bag, count 0).
+    columns, _, got = run_kql(lake, "OfficeActivity | where RecordType == '1' or Operation == 'FileAccessed' "
+                                    "| project Operation, Parameters "
+                                    "| mv-apply p = todynamic(Parameters) on (where tostring(p.Name) != 'Move' "
+                                    "| summarize b = make_bag(bag_pack(tostring(p.Name), p.Value)), count()) "
+                                    "| order by Operation asc")
+    assert columns == ["Operation", "Parameters", "b", "count_"]
+    assert [(o, json.loads(b), n) for o, _, b, n in got] == [
+        ("FileAccessed", {}, 0), ("New-InboxRule", {"From": "x@y"}, 1), ("Set-Mailbox", {"Identity": "bob"}, 1)]
+
+
+def test_bag_unpack_and_column_ifexists(lake: duckdb.DuckDBPyConnection) -> None:
+    columns, _, got = run_kql(lake, "OfficeActivity | where RecordType == '1' | project Operation, Parameters "
+                                    "| mv-apply p = todynamic(Parameters) on "
+                                    "(summarize b = make_bag(bag_pack(tostring(p.Name), p.Value))) "
+                                    "| project-away Parameters | evaluate bag_unpack(b, 'k_') "
+                                    "| extend f = column_ifexists('k_From', ''), z = column_ifexists('Nope', 'none') "
+                                    "| order by Operation asc")
+    assert columns == ["Operation", "k_From", "k_Identity", "k_Move", "f", "z"]
+    assert [(o, json.loads(a) if a else a, str(z)) for o, a, *_, z in got] == [
+        ("New-InboxRule", "x@y", "none"), ("Set-Mailbox", None, "none")]
+    with pytest.raises(CliError, match=r"^KQL: bag_unpack\(\): the key 'Operation' is already a column"):
+        run_kql(lake, "OfficeActivity | project Operation | extend b = bag_pack('Operation', 1) "
+                      "| evaluate bag_unpack(b)")
+    replaced = rows(lake, "OfficeActivity | where RecordType == '6' | project Operation "
+                          "| extend b = bag_pack('Operation', 1) "
+                          "| evaluate bag_unpack(b, columnsConflict='replace_source')")
+    assert [json.loads(r[0]) for r in replaced] == [1, 1]
+
+
+def test_bag_keys(lake: duckdb.DuckDBPyConnection) -> None:
+    got = rows(lake, 'print k = bag_keys(dynamic({"a": 1, "b": [2]})), n = bag_keys(dynamic([1]))')
+    assert [(sorted(json.loads(k)), n) for k, n in got] == [(["a", "b"], None)]
+
+
+def test_extract_all_selects_capture_groups_by_name(lake: duckdb.DuckDBPyConnection) -> None:
+    got = rows(lake, 'print r = extract_all(@"(?P<k>[a-z]+)=(\\d)?(?P<v>\\d+)", dynamic(["v", "k"]), "a=1 b=22")')
+    assert [json.loads(r) for r, in got] == [[["1", "a"], ["2", "b"]]]
+    with pytest.raises(CliError, match=r"^KQL: extract_all\(\): the regex has no capture group named 'w'$"):
+        run_kql(lake, 'print r = extract_all(@"(?P<k>a)", dynamic(["w"]), "a")')
+
+
+def test_tabular_let_function_of_a_scalar_with_lets_and_union(lake: duckdb.DuckDBPyConnection) -> None:
+    define = ("let ByKind = (rt:string) { let picked = OfficeActivity | where RecordType == rt; "
+              "union (picked | project UserId), (picked | where UserId startswith 'bob' | project UserId) };")
+    assert rows(lake, define + " ByKind('1') | count") == [(3,)]
+    assert rows(lake, define + " let a = ByKind('6'); let b = ByKind('1'); a | join kind=inner (b) on UserId "
+                               "| count") == [(2,)]

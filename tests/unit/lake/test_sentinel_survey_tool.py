@@ -26,7 +26,7 @@ OfficeActivity
 """,
     "mv-apply": """\
 OfficeActivity
-| mv-apply p = todynamic(Parameters) on (summarize Bag = make_bag(pack(tostring(p.Name), p.Value)))
+| mv-apply p = todynamic(Parameters) on (top 1 by tostring(p.Name))
 """,
     "unknown-column": """\
 OfficeActivity
@@ -98,7 +98,7 @@ def test_each_query_is_classified_on_the_lake_and_for_adx(corpus: Path, lake: Pa
                                                "DcAdmin": {"queries": 1, "ops": ["in~"]}}
     assert data["dependencies"]["Logon_Type"] == {"Owner": {"queries": 1, "ops": ["!="]}}
     assert data["dependencies"]["OfficeWorkload"] == {"Exchange": {"queries": 1, "ops": ["=~"]}}
-    assert by_id["mv-apply"]["operators"] == {"mv-apply": 1, "summarize": 1}
+    assert by_id["mv-apply"]["operators"] == {"mv-apply": 1, "top": 1}
     assert by_id["unknown-column"]["unresolved"] == ["NoSuchColumn"]
     assert {"OfficeWorkload", "UserType", "UserId"} <= set(by_id["runs"]["columns"])
 
