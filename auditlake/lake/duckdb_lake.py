@@ -47,9 +47,11 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from auditlake.lake.entra_expand import insert_envelopes
 from function_app.core.errors import StoreUnavailableError
 from function_app.core.model import ContentBlob, WriteResult
 from function_app.lake.cells import repaired_row
+from function_app.lake.entra_schema import RAW_TABLE
 from function_app.lake.schema import (
     TABLES,
     TABLES_BY_NAME,
@@ -643,7 +645,20 @@ class LocalLake:
     async def write_blob(self, blob: ContentBlob, tables: Mapping[str, Any]) -> WriteResult:
         """Write one blob's rows (lists of row mappings, or Arrow tables); merged with the other
         blobs of its commit group into one statement per table. A group holding a large value
-        gets the memory it needs for that statement (see insert_blobs)."""
+        gets the memory it needs for that statement (see insert_blobs).
+
+        Rows for ``EntraActivityRaw`` (Entra ID records in their diagnostic-settings envelope) are
+        not kept as they are: the same KQL expansion ADX's update policies run makes them rows of
+        the five Entra tables, in one transaction (``entra_expand``)."""
+        if RAW_TABLE in tables:
+            envelopes = [e for row in tables[RAW_TABLE] for e in row["Records"]]
+            counts = await self.run(lambda con: insert_envelopes(con, envelopes))
+            expanded = WriteResult(sum(counts.values()), len(envelopes) - sum(counts.values()))
+            rest = {name: rows for name, rows in tables.items() if name != RAW_TABLE}
+            if not rest:
+                return expanded
+            other: WriteResult = await self.run_batched(self._insert_blobs, rest)
+            return WriteResult(expanded.inserted + other.inserted, expanded.duplicates + other.duplicates)
         result: WriteResult = await self.run_batched(self._insert_blobs, tables)
         return result
 

@@ -45,6 +45,7 @@ from azure.kusto.ingest.status import KustoIngestStatusQueues
 
 from function_app.core.model import ContentBlob, WriteResult, utc
 from function_app.lake.cells import repaired_row
+from function_app.lake.entra_schema import RAW_TABLE, raw_table
 from function_app.lake.schema import TABLES_BY_NAME, Kind, Table, json_mapping_name
 from function_app.logredact import redact as redact  # re-exported; defined once, with the log redaction
 
@@ -286,7 +287,8 @@ class AdxSink:
         """
         plan: list[tuple[Table, Sequence[Mapping[str, Any]]]] = []
         for name, rows in tables.items():
-            table = TABLES_BY_NAME.get(name)
+            # The Entra raw table is ADX's alone (its update policies expand it), so not in TABLES.
+            table = raw_table() if name == RAW_TABLE else TABLES_BY_NAME.get(name)
             if table is None or table.local_only:
                 raise ValueError(f"{name} is not an ADX table")
             if rows:

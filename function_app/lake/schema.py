@@ -25,6 +25,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from function_app.lake.entra_schema import build_entra_tables, render_adx_entra
+
 
 class Kind(StrEnum):
     """Column kinds, named as KQL names them."""
@@ -408,6 +410,10 @@ CHECKPOINT = Table(
     local_only=True,
 )
 
+# SigninLogs, AADNonInteractiveUserSignInLogs, AADServicePrincipalSignInLogs,
+# AADManagedIdentitySignInLogs and AuditLogs, as Sentinel names and types them (entra_schema).
+ENTRA_TABLES: tuple[Table, ...] = build_entra_tables()
+
 TABLES: tuple[Table, ...] = (
     AUDIT_RECORD,
     MAIL_ITEM_ACCESS,
@@ -418,6 +424,7 @@ TABLES: tuple[Table, ...] = (
     SCHEMA_OBSERVATION,
     SEARCH_COUNT,
     CHECKPOINT,
+    *ENTRA_TABLES,
 )
 TABLES_BY_NAME: dict[str, Table] = {t.name: t for t in TABLES}
 RECORD_TABLES: tuple[str, ...] = tuple(t.name for t in TABLES if t.from_records)
@@ -618,5 +625,6 @@ ADX_SCRIPTS: dict[str, Callable[[], str]] = {
     "tables.kql": render_adx,
     "policies.kql": render_adx_policies,
     "views.kql": render_adx_views,
+    "entra.kql": render_adx_entra,
 }
 """Every script of ``infra/kql/`` rendered from this module, in deployment order."""

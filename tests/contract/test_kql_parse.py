@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from function_app.lake.schema import Column, Table, adx_tables
+from function_app.lake.entra_schema import ENTRA_TABLE_NAMES, expansion_function, raw_table
+from function_app.lake.schema import Column, Kind, Table, adx_tables
 
 REPO = Path(__file__).resolve().parents[2]
 KQL = REPO / "infra" / "kql"
@@ -49,15 +50,21 @@ def view_columns(table: Table) -> list[Column]:
     return [table.column(k) for k in table.key] + [c for c in table.columns if c.merge is not None]
 
 
-def schema_description() -> dict[str, Any]:
-    """The ADX database as kql_check.cjs reads it, from the one schema definition."""
+def described_tables() -> tuple[Table, ...]:
+    """Every ADX table: those of ``TABLES``, then the ADX-only Entra raw table (entra.kql creates it)."""
+    return (*adx_tables(), raw_table())
+
+
+def schema_description(extra_views: tuple[tuple[str, Table], ...] = ()) -> dict[str, Any]:
+    """The ADX database as kql_check.cjs reads it, from the one schema definition; *extra_views*
+    (name, table) declares views with the columns of those tables too."""
     tables = adx_tables()
     return {
         "database": database_name(),
-        "tables": [{"name": t.name, "columns": _columns(list(t.columns))} for t in tables],
+        "tables": [{"name": t.name, "columns": _columns(list(t.columns))} for t in described_tables()],
         "materializedViews": [
             {"name": t.view_name, "columns": _columns(view_columns(t))} for t in tables if t.view_name is not None
-        ],
+        ] + [{"name": name, "columns": _columns(list(t.columns))} for name, t in extra_views],
     }
 
 
@@ -76,11 +83,11 @@ def _installed_checker() -> str:
     return node
 
 
-def run_check(tmp_path: Path, files: list[Path]) -> dict[str, Any]:
+def run_check(tmp_path: Path, files: list[Path], extra_views: tuple[tuple[str, Table], ...] = ()) -> dict[str, Any]:
     """kql_check.cjs's report on *files* (exit 0 clean, 1 errors; anything else fails the test)."""
     node = _installed_checker()
     schema = tmp_path / "schema.json"
-    schema.write_text(json.dumps(schema_description(), indent=2), encoding="utf-8")
+    schema.write_text(json.dumps(schema_description(extra_views), indent=2), encoding="utf-8")
     args = [str(f.relative_to(REPO)) if f.is_relative_to(REPO) else str(f) for f in files]
     out = subprocess.run([node, str(CHECKER), str(schema), *args], cwd=REPO, capture_output=True, text=True,
                          timeout=300)
@@ -165,9 +172,34 @@ def test_the_check_reports_a_syntax_error_and_an_unknown_column(tmp_path: Path) 
 
 def test_the_description_covers_every_adx_table_and_view() -> None:
     described = schema_description()
-    assert [t["name"] for t in described["tables"]] == [t.name for t in adx_tables()]
+    assert [t["name"] for t in described["tables"]] == [t.name for t in adx_tables()] + ["EntraActivityRaw"]
     views = {v["name"]: [c["name"] for c in v["columns"]] for v in described["materializedViews"]}
     assert set(views) == {"AuditRecordDedup", "MailItemAccessDedup", "DirectoryChangeDedup", "SignInDedup",
-                          "SchemaObservationSummary"}
+                          "SchemaObservationSummary", "SigninLogsDedup", "AADNonInteractiveUserSignInLogsDedup",
+                          "AADServicePrincipalSignInLogsDedup", "AADManagedIdentitySignInLogsDedup",
+                          "AuditLogsDedup"}
     assert views["SchemaObservationSummary"] == ["Workload", "RecordType", "Operation", "FieldPath", "FieldType",
                                                  "FirstSeen", "LastSeen", "Records"]
+
+
+def test_each_entra_expansion_yields_exactly_its_tables_columns(tmp_path: Path) -> None:
+    """An update policy's query must yield its target table's columns and types. kql_check.cjs
+    compares a materialized view's query with the columns declared for it, so each expansion
+    function is checked through a throw-away view over it declared with its table's columns."""
+    tables = [t for t in adx_tables() if t.name in ENTRA_TABLE_NAMES]
+    assert [t.name for t in tables] == list(ENTRA_TABLE_NAMES)
+    probe = tmp_path / "entra_probe.kql"
+    probe.write_text("\n\n".join(
+        f".create-or-alter materialized-view Probe{t.name} on table EntraActivityRaw\n"
+        f"{{\n    {expansion_function(t.name)}()\n    | summarize take_any(*) by Id\n}}" for t in tables) + "\n",
+        encoding="utf-8")
+    report = run_check(tmp_path, [KQL / "entra.kql", probe], tuple((f"Probe{t.name}", t) for t in tables))
+    errors = describe(report)
+    assert not errors, "\n".join(errors)
+    # The probe itself can fail: a view declared with one column of another type is reported.
+    wrong = tables[0]
+    changed = Table(wrong.name, tuple(Column(c.name, Kind.STRING if c.name == "TimeGenerated" else c.kind)
+                                      for c in wrong.columns), wrong.key)
+    report = run_check(tmp_path, [KQL / "entra.kql", probe], tuple(
+        (f"Probe{t.name}", changed if t is wrong else t) for t in tables))
+    assert [e["code"] for e in errors_by_file(report)["entra_probe.kql"]] == ["AL-VIEW-SCHEMA"]

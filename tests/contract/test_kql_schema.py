@@ -91,7 +91,8 @@ def test_views_deduplicate_by_each_key_and_fold_the_schema_observations() -> Non
     text = render_adx_views()
     views = {m.group("view"): m for m in VIEW.finditer(text)}
     assert set(views) == {"AuditRecordDedup", "MailItemAccessDedup", "DirectoryChangeDedup", "SignInDedup",
-                          "SchemaObservationSummary"}
+                          "SchemaObservationSummary", "SigninLogsDedup", "AADNonInteractiveUserSignInLogsDedup",
+                          "AADServicePrincipalSignInLogsDedup", "AADManagedIdentitySignInLogsDedup", "AuditLogsDedup"}
     audit = views["AuditRecordDedup"]
     assert audit.group("aggs") == "take_any(*)" and audit.group("key") == "Id, RecordType, Operation"
     for name, m in views.items():

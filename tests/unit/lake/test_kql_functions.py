@@ -35,7 +35,8 @@ def _stem(path: Traversable) -> str:
 EXPECTED = {
     "OfficeActivity", "LicenseChanges", "MessagesRead", "ServicePrincipalActivity", "AuditTampering",
     "LogFlowGaps", "AuditLatency", "SchemaDrift", "LedgerHealth", "HealthChecks", "Completeness",
-    "CompletenessByDay",
+    "CompletenessByDay", "ServicePrincipalSignInFailures", "ServicePrincipalChangesWithIP", "CredentialThenSignIns",
+    "ManagedIdentityAccess", "ServicePrincipalNewAddresses",
 }
 
 
@@ -94,7 +95,10 @@ def test_the_view_names_read_the_local_tables(empty_lake: duckdb.DuckDBPyConnect
     assert VIEW_TABLES == {
         "AuditRecordDedup": "AuditRecord", "MailItemAccessDedup": "MailItemAccess",
         "DirectoryChangeDedup": "DirectoryChange", "SignInDedup": "SignIn",
-        "SchemaObservationSummary": "SchemaObservation",
+        "SchemaObservationSummary": "SchemaObservation", "SigninLogsDedup": "SigninLogs",
+        "AADNonInteractiveUserSignInLogsDedup": "AADNonInteractiveUserSignInLogs",
+        "AADServicePrincipalSignInLogsDedup": "AADServicePrincipalSignInLogs",
+        "AADManagedIdentitySignInLogsDedup": "AADManagedIdentitySignInLogs", "AuditLogsDedup": "AuditLogs",
     }
     empty_lake.execute("""INSERT INTO "SignIn" ("RecordId", "Operation") VALUES ('r1', 'UserLoggedIn')""")
     assert run_kql(empty_lake, "SignInDedup | project RecordId")[2] == [("r1",)]
