@@ -161,6 +161,35 @@ param deadletterRetentionDays int = 365
 @description('Set true once the dead-letter container\'s retention policy has been locked (az storage container immutability-policy lock): a locked policy can only be extended, and the template then leaves it alone.')
 param deadletterRetentionLocked bool = false
 
+// Entra ID sign-in and audit logs through an Event Hub (modules/entra-stream.bicep). The tenant-level
+// diagnostic setting that feeds the hub is a separate deployment (entra-diagnostics.bicep) by an
+// administrator of the tenant whose logs are streamed, which must be this deployment's tenant.
+@description('Stream Entra ID sign-in and audit logs into ADX: an Event Hubs namespace next to the cluster and the database\'s Event Hub data connection into EntraActivityRaw. Then deploy entra-diagnostics.bicep at the tenant with the entraEventHub* outputs.')
+param entraStreaming bool = false
+
+@description('Partitions of the Entra event hub (fixed at creation on the Standard tier).')
+@minValue(1)
+@maxValue(32)
+param entraHubPartitions int = 8
+
+@description('Days the Entra event hub keeps events (Standard: at most 7); bounds what entraRetrievalStartDate can still reach.')
+@minValue(1)
+@maxValue(7)
+param entraHubRetentionDays int = 7
+
+@description('Throughput units of the Entra Event Hubs namespace (1 MB/s in each).')
+@minValue(1)
+@maxValue(40)
+param entraThroughputUnits int = 2
+
+@description('Throughput units the Entra namespace may auto-inflate to.')
+@minValue(1)
+@maxValue(40)
+param entraMaximumThroughputUnits int = 10
+
+@description('ISO 8601 time from which a newly created Entra data connection also reads events already in the hub; empty: only events enqueued after it exists.')
+param entraRetrievalStartDate string = ''
+
 var suffix = take(uniqueString(subscription().id, resourceGroup().id, namePrefix), 8)
 var prefix = toLower(namePrefix)
 var compactPrefix = replace(prefix, '-', '')
@@ -177,6 +206,7 @@ var names = {
   alertsIdentity: 'id-${prefix}-alerts-${suffix}'
   actionGroup: 'ag-${prefix}-${suffix}'
   alertRules: 'alert-${prefix}-${suffix}'
+  entraNamespace: 'evhns-${prefix}-${suffix}'
 }
 
 // The service name azure.yaml deploys the code of; azd finds the function app by this tag.
@@ -310,6 +340,26 @@ module adxDatabase 'modules/adx-database.bicep' = {
   ]
 }
 
+// At the cluster's resource group, as the data connection is a child of the database. Taking the
+// database name from adxDatabase's output makes this module wait for that whole deployment, so
+// the KQL scripts have created EntraActivityRaw and EntraActivityRawMapping (kql/entra.kql)
+// before the data connection, which refuses a table or mapping that does not exist, is created.
+module entraStream 'modules/entra-stream.bicep' = if (entraStreaming) {
+  name: 'entra-stream'
+  scope: resourceGroup(adxSubscriptionId, adxResourceGroup)
+  params: {
+    clusterName: adxClusterName
+    databaseName: adxDatabase.outputs.databaseName
+    namespaceName: names.entraNamespace
+    tags: tags
+    partitionCount: entraHubPartitions
+    retentionDays: entraHubRetentionDays
+    throughputUnits: entraThroughputUnits
+    maximumThroughputUnits: entraMaximumThroughputUnits
+    retrievalStartDate: entraRetrievalStartDate
+  }
+}
+
 module alerts 'modules/alerts.bicep' = if (enableAlerts) {
   name: 'alerts'
   params: {
@@ -392,3 +442,6 @@ output logAnalyticsWorkspaceId string = monitoring.outputs.workspaceId
 // Where alerts are sent ('' without receivers), and the identity the alert rules query with.
 output alertActionGroupId string = enableAlerts ? alerts.outputs.actionGroupId : ''
 output alertsIdentityPrincipalId string = enableAlerts ? alertsIdentity.outputs.principalId : ''
+// What the tenant-level deployment of entra-diagnostics.bicep takes ('' without entraStreaming).
+output entraEventHubAuthorizationRuleId string = entraStreaming ? entraStream.outputs.authorizationRuleId : ''
+output entraEventHubName string = entraStreaming ? entraStream.outputs.eventHubName : ''

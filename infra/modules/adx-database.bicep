@@ -77,6 +77,7 @@ var kqlScripts = [
   { name: 'tables', content: loadTextContent('../kql/tables.kql') }
   { name: 'policies', content: loadTextContent('../kql/policies.kql') }
   { name: 'views', content: loadTextContent('../kql/views.kql') }
+  { name: 'entra', content: loadTextContent('../kql/entra.kql') }
   { name: 'function-AuditLatency', content: loadTextContent('../../auditlake/kql/functions/AuditLatency.kql') }
   { name: 'function-AuditTampering', content: loadTextContent('../../auditlake/kql/functions/AuditTampering.kql') }
   { name: 'function-LedgerHealth', content: loadTextContent('../../auditlake/kql/functions/LedgerHealth.kql') }
@@ -86,6 +87,11 @@ var kqlScripts = [
   { name: 'function-OfficeActivity', content: loadTextContent('../../auditlake/kql/functions/OfficeActivity.kql') }
   { name: 'function-SchemaDrift', content: loadTextContent('../../auditlake/kql/functions/SchemaDrift.kql') }
   { name: 'function-ServicePrincipalActivity', content: loadTextContent('../../auditlake/kql/functions/ServicePrincipalActivity.kql') }
+  { name: 'function-ServicePrincipalSignInFailures', content: loadTextContent('../../auditlake/kql/functions/ServicePrincipalSignInFailures.kql') }
+  { name: 'function-ServicePrincipalChangesWithIP', content: loadTextContent('../../auditlake/kql/functions/ServicePrincipalChangesWithIP.kql') }
+  { name: 'function-CredentialThenSignIns', content: loadTextContent('../../auditlake/kql/functions/CredentialThenSignIns.kql') }
+  { name: 'function-ManagedIdentityAccess', content: loadTextContent('../../auditlake/kql/functions/ManagedIdentityAccess.kql') }
+  { name: 'function-ServicePrincipalNewAddresses', content: loadTextContent('../../auditlake/kql/functions/ServicePrincipalNewAddresses.kql') }
   { name: 'function-Completeness', content: loadTextContent('../../auditlake/kql/functions/Completeness.kql') }
   { name: 'function-CompletenessByDay', content: loadTextContent('../../auditlake/kql/functions/CompletenessByDay.kql') }
   { name: 'function-HealthChecks', content: loadTextContent('../../auditlake/kql/functions/HealthChecks.kql') }

@@ -291,3 +291,14 @@ def render_string(text: str, values: dict[str, Any]) -> str:
 def interpolations(text: str) -> list[str]:
     """The expressions of the ``${...}`` of a Bicep string as pycep gives it."""
     return [m.group(2) for m in _STRING_PART.finditer(text) if m.group(2) is not None]
+
+
+def accessor_path(node: Any) -> list[Any]:
+    """``a.b.c`` as ``["a", "b", "c"]`` (pycep nests property accessors to the right); anything else
+    as ``[node]``."""
+    path: list[Any] = []
+    while isinstance(node, dict) and node.get("operator", {}).get("type") == "property_accessor":
+        operands = node["operator"]["operands"]
+        path.append(operands["operand_1"])
+        node = operands["operand_2"]
+    return [*path, node]

@@ -90,10 +90,11 @@ KNOWN_ROLES = {
     "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
     "acdd72a7-3385-48ef-bd42-f606fba81ae7": "Reader",
     "73c42c96-874c-492b-b04d-ab87d138a893": "Log Analytics Reader",
+    "a638d3c7-ab3a-418d-83e6-5f17a39d4fde": "Azure Event Hubs Data Receiver",
 }
 
 # The order ADX must run the scripts in: each uses what the ones before it created.
-KQL_ORDER = ["tables.kql", "policies.kql", "views.kql", "functions"]
+KQL_ORDER = ["tables.kql", "policies.kql", "views.kql", "entra.kql", "functions"]
 
 FILES = bicep_files()
 PLAIN_FILES = [p for p in FILES if not extensions_declared(p)]
