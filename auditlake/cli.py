@@ -596,6 +596,19 @@ def pass_line(report: Any, next_in: float | None, *, now: datetime | None = None
     return f"{stamp} pass: " + "; ".join(parts) + tail
 
 
+def grouped_errors(errors: Sequence[str]) -> list[str]:
+    """*errors* with one line per cause: ``Entra.SignInLogs window W: X`` for five logs refused for
+    the same reason (a licence, a permission) is one line naming the five, not five lines."""
+    causes: dict[str, list[str]] = {}
+    for error in errors:
+        match = re.match(r"(Entra\.\w+) window \S+: (.*)", error, re.S)
+        where, cause = (match.group(1), match.group(2)) if match else ("", error)
+        causes.setdefault(cause, [])
+        if where and where not in causes[cause]:
+            causes[cause].append(where)
+    return [f"{', '.join(where)}: {cause}" if where else cause for cause, where in causes.items()]
+
+
 def entra_line(outcomes: Sequence[Any]) -> str:
     """One status line for a pass's Entra ID polls: windows, records, new and late ones, the first error."""
     from function_app.entra.poller import summary_of
@@ -604,7 +617,7 @@ def entra_line(outcomes: Sequence[Any]) -> str:
     line = (f"entra: {total['windows']:,} window(s), {total['records']:,} record(s) read, "
             f"{total['inserted']:,} new, {total['late']:,} late")
     if total["errors"]:
-        line += f"; {len(total['errors'])} error(s): {total['errors'][0]}"
+        line += f"; {len(total['errors'])} error(s): {grouped_errors(total['errors'])[0]}"
     return line
 
 
@@ -658,7 +671,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
         view.print(pass_line(report, next_in))
 
     def on_entra(outcomes: Sequence[Any]) -> None:
-        view.print(entra_line(outcomes))
+        # With --once the line joins the run's summary on stdout; a long run's go with its pass lines.
+        if args.once:
+            print(entra_line(outcomes), flush=True)
+        else:
+            view.print(entra_line(outcomes))
 
     try:
         serving: contextlib.AbstractContextManager[Any] = (
@@ -694,7 +711,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         if failed or expired:
             parts.append(f"{failed} blob(s) failed and {expired} expired (see ContentLedger)")
         if listing_errors:
-            parts.append(f"listing errors: {'; '.join(listing_errors[:3])}")
+            parts.append(f"listing errors: {'; '.join(grouped_errors(listing_errors)[:3])}")
         if report.worker_errors:
             parts.append(f"{len(report.worker_errors)} blob(s) left pending after write errors")
         raise CliError(", ".join(parts))

@@ -131,13 +131,14 @@ class EntraLogClient:
             return
         error = error_of(answer)
         if answer.status == 403 and not isinstance(error, RetryableError):
+            graph_says = error.args[0] if error.args else ""
             if error.code == NON_PREMIUM_CODE or b"premium license" in answer.body:
                 raise PermanentApiError(
-                    f"tenant {tenant_id} has no Microsoft Entra ID P1 or P2 licence, which Graph's sign-in and "
-                    f"audit logs need: {error}", code=error.code, status=403)
+                    f"tenant {tenant_id} has no Microsoft Entra ID P1 or P2 licence, which Graph's sign-in logs "
+                    f"need (Graph: {graph_says})", code=error.code, status=403)
             raise PermanentApiError(
                 f"the app lacks the Microsoft Graph application permission {PERMISSION} with admin consent in "
-                f"tenant {tenant_id}: {error}", code=error.code, status=403)
+                f"tenant {tenant_id} (Graph: {graph_says})", code=error.code, status=403)
         raise error
 
     async def _call(self, fn: Callable[[], Awaitable[T]], label: str) -> T:

@@ -85,7 +85,7 @@ class Harness:
         self.lake = LocalLake(tmp_path / "lake.duckdb")
         self.state = LocalStateStore(self.lake)
         self.sink = RecordingSink()
-        self.rules = rules or EntraRules(initial_lookback=timedelta(hours=5))
+        self.rules = rules or EntraRules(initial_lookback=timedelta(hours=5), max_window=timedelta(hours=1))
         self.poller = EntraPoller(self.graph, self.state, self.sink, rules=self.rules, now=self.clock)
 
     def poll(self) -> Any:
@@ -173,7 +173,8 @@ def test_a_sink_failure_leaves_the_checkpoint_behind_the_window(h: Harness) -> N
 
 
 def test_the_sweep_catches_a_record_later_than_the_overlap(tmp_path: Path) -> None:
-    h = Harness(tmp_path, EntraRules(initial_lookback=timedelta(hours=3), overlap=timedelta(minutes=10),
+    h = Harness(tmp_path, EntraRules(initial_lookback=timedelta(hours=3), max_window=timedelta(hours=1),
+                                     overlap=timedelta(minutes=10),
                                      sweep_span=timedelta(hours=6), sweep_every=timedelta(hours=2)))
     h.poll()
     h.graph.add("very-late", NOW - timedelta(hours=1), visible_after=timedelta(hours=1, minutes=30))
