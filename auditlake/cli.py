@@ -26,6 +26,7 @@ import orjson
 
 from function_app.config import Settings, SettingsError, adx_insecure_http_allowed, is_guid, parse_content_types
 from function_app.core.model import CONTENT_TYPES, BlobStatus
+from function_app.entra.poller import EntraRules
 from function_app.entra.streams import SHORT_NAMES, STREAMS, Stream
 from function_app.logredact import install_log_redaction
 
@@ -35,6 +36,10 @@ DEMO_TENANT = "8f3c2a1e-5b4d-4c6e-9a7b-1d2e3f4a5b6c"
 # Mild faults so the demo shows recovery: throttling, a 5xx, late-listed blobs, shuffled
 # pages, and one blob expired and one cut off so the ledger shows what it never hides.
 DEMO_FAULTS = "throttle=0.02,5xx=0.01,late=0.05,shuffle,expired=1,cutoff=1"
+
+# Three days of Entra ID logs hold the incident (two days back) and a day of the principals' habits
+# before it, at Graph's pace of 5 requests per 10 s (a week would double the demo's time).
+DEMO_ENTRA_RULES = EntraRules(initial_lookback=timedelta(days=3))
 
 
 if TYPE_CHECKING:
@@ -794,6 +799,29 @@ DEMO_INVESTIGATIONS: tuple[tuple[str, str], ...] = (
 | project TimeGenerated, UserPrincipal, Operation, ClientIP, ForwardTo, RedirectTo, AuditEnabled""",
     ),
     (
+        "Identity: service principals failing to sign in (Entra sign-in logs), by principal, address and error",
+        """ServicePrincipalSignInFailures
+| project ServicePrincipalName, IPAddress, ResultType, Failures, LastFailure, ResultDescription""",
+    ),
+    (
+        "Identity: a credential added to an application, then that principal signing in from a new address",
+        """CredentialThenSignIns
+| where NewAddress and ResultType == "0"
+| summarize SignIns = count(), FirstSignIn = min(SignInTime), Resources = make_set(ResourceDisplayName)
+    by CredentialAt, AddedBy, ServicePrincipalName, IPAddress, UsesNewKey""",
+    ),
+    (
+        "Identity: directory changes a service principal made itself, with the address recovered from its sign-ins",
+        """ServicePrincipalChangesWithIP
+| where isnotempty(IPAddress)
+| project ChangeTime, ServicePrincipalName, OperationName, IPAddress, Location, MatchedBy""",
+    ),
+    (
+        "Identity: what managed identities signed in to",
+        """ManagedIdentityAccess
+| project ServicePrincipalName, ResourceDisplayName, ResourceIdentity, SignIns, LocationDetails""",
+    ),
+    (
         "What the log itself got wrong: blobs by outcome",
         """ContentLedger
 | summarize Blobs = count(), Records = sum(Records) by ContentType, Status
@@ -833,21 +861,31 @@ async def _demo(args: argparse.Namespace, lake_path: Path) -> int:
           f"seed {args.seed}, faults {DEMO_FAULTS}")
     async with EmulatorServer(tenant_ids=[DEMO_TENANT], seed=args.seed, days=args.days,
                               scenario="default", faults=FaultSpec.parse(DEMO_FAULTS)) as emu:
-        settings = Settings(api_root=emu.api_root, retry_base=0.05, retry_max=1.0, concurrency=8)
+        settings = Settings(api_root=emu.api_root, graph_root=emu.graph_root, retry_base=0.05, retry_max=1.0,
+                            concurrency=8)
         lake = LocalLake(lake_path)
         lake.set_info("kind", "demo")
         started = datetime.now(UTC)
-        print(f"Collecting every content type into {lake_path} (backfill, catch-up, sweep)...")
+        print(f"Collecting every content type into {lake_path} (backfill, catch-up, sweep), and the Entra ID "
+              f"sign-in and audit logs of the last {DEMO_ENTRA_RULES.initial_lookback.days} days from Graph...")
+        entra_lines: list[str] = []
+
+        def on_entra(outcomes: Sequence[Any]) -> None:
+            entra_lines.append(entra_line(outcomes))
+
         try:
             with _ProgressView(enabled=sys.stderr.isatty()) as view:
                 report = await collect(settings, lake, [DEMO_TENANT], CONTENT_TYPES, once=True,
                                        tokens=StaticTokenProvider("demo-token"),
-                                       progress=Progress(view.listed, view.settled))
+                                       progress=Progress(view.listed, view.settled, entra=on_entra),
+                                       entra=STREAMS, entra_rules=DEMO_ENTRA_RULES)
             pages = sum(r.pages for r in report.runs)
             throttled = sum(r.throttled for r in report.runs)
             print(f"Listed {sum(r.blobs_listed for r in report.runs)} blob entries on {pages} pages, "
                   f"{sum(r.blobs_new for r in report.runs)} of them new (the overlap and the sweep re-list); "
                   f"{throttled} throttled answers retried; settled {len(report.outcomes)} blobs.")
+            for line in entra_lines:
+                print(line.replace("entra:", "Entra ID logs:", 1))
             print_summary(lake.connection, started)
             for title, kql in DEMO_INVESTIGATIONS:
                 print(f"\n== {title}\n{kql}\n")

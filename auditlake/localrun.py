@@ -95,9 +95,14 @@ async def collect(
             poller = EntraPoller(parts.entra, parts.state, parts.sink, rules=rules, now=parts.clock)
         pairs = [(t.tenant_id, ct) for t in feeds for ct in t.content_types]
         while True:
-            report = await pipeline.collect_once(pairs, since=since, sweep=once) if feed else CollectReport()
-            if poller is not None and report.stopped is None:
-                outcomes = await poll_tenants(poller, [t.tenant_id for t in feeds], entra)
+            # The feed and the Entra logs side by side: different APIs and budgets, one lake
+            # (which serialises their writes).
+            feed_pass = pipeline.collect_once(pairs, since=since, sweep=once) if feed else _no_feed()
+            if poller is None:
+                report = await feed_pass
+            else:
+                report, outcomes = await asyncio.gather(
+                    feed_pass, poll_tenants(poller, [t.tenant_id for t in feeds], entra))
                 report.runs.extend(o.run for o in outcomes if o.run is not None)
                 progress.entra(outcomes)
             if report.stopped is not None:
@@ -117,6 +122,10 @@ async def collect(
                     return report
             except TimeoutError:
                 pass
+
+
+async def _no_feed() -> CollectReport:
+    return CollectReport()
 
 
 class LakeSliceLedger:

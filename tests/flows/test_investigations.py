@@ -242,11 +242,82 @@ def test_service_principal_activity_flags_the_new_secret_then_mail_reads_and_no_
     for r in uses:
         assert (r["Operation"], r["ClientIP"], r["NewAddress"]) == ("MailItemsAccessed", inc.sp_ip, True)
         assert r["CredentialAddedBy"] == inc.victim_upn and 20 <= r["MinutesAfterCredential"] <= 65
+    # Its sign-ins from the new address, from the Entra service-principal sign-in log, are flagged too.
+    signins = [r for r in flagged if r["Activity"] == "Sign-in"]
+    assert signins and {(r["Operation"], r["ClientIP"], r["PrincipalId"]) for r in signins} == {
+        ("AADServicePrincipalSignInLogs", inc.sp_ip, inc.sp_object_id)}
     # The demo's other credentials and app-only reads are there, and not flagged.
     assert len([r for r in rows if r["Activity"] == "Credential added"]) > 1
     quiet = [r for r in rows if r["Activity"] == "Acted" and not r["CredentialThenUse"]]
     assert len({r["PrincipalId"] for r in quiet}) > 3
     assert any(r["PrincipalId"] == inc.sp_app_id for r in quiet), "the app's usual reads are not flagged"
+
+
+# -- the identity chapter: the Entra ID sign-in and audit logs -----------------------------------
+
+
+def test_service_principal_failures_name_the_principal_address_and_error(demo: Demo) -> None:
+    inc = demo.incident
+    rows = query(demo.lake, "ServicePrincipalSignInFailures")
+    assert rows and {r["ResultType"] for r in rows} <= {"7000222", "7000215"}
+    ours = [r for r in rows if r["ServicePrincipalName"] == inc.sp_display_name]
+    assert {r["ResultType"] for r in ours} == {"7000222", "7000215"}
+    # Before the attacker's secret, the principal's own address failed with its old secret; the
+    # attacker's address never failed.
+    assert inc.sp_ip not in {r["IPAddress"] for r in ours}
+    assert all(r["Failures"] >= 1 and r["ServicePrincipalId"] == inc.sp_object_id for r in ours)
+
+
+def test_the_new_credential_is_followed_by_sign_ins_from_a_new_address_with_that_key(demo: Demo) -> None:
+    inc = demo.incident
+    rows = query(demo.lake, "CredentialThenSignIns | where NewAddress and ResultType == '0'")
+    assert rows and {(r["ServicePrincipalId"], r["IPAddress"], r["AddedBy"], r["UsesNewKey"]) for r in rows} == {
+        (inc.sp_object_id, inc.sp_ip, inc.victim_upn, True)}
+    assert all(near(r["CredentialAt"], inc.sp_credential_time) and r["MinutesAfterCredential"] > 0 for r in rows)
+    assert {r["ResourceDisplayName"] for r in rows} >= {"Office 365 Exchange Online"}
+    # Its usual address is not new.
+    usual = query(demo.lake, f"CredentialThenSignIns | where ServicePrincipalId == '{inc.sp_object_id}' "
+                             "and not(NewAddress)")
+    assert inc.sp_ip not in {r["IPAddress"] for r in usual}
+
+
+def test_a_service_principals_own_directory_changes_get_the_address_of_its_sign_in(demo: Demo) -> None:
+    inc = demo.incident
+    rows = query(demo.lake, f"ServicePrincipalChangesWithIP | where ServicePrincipalId == '{inc.sp_object_id}'")
+    assert len(rows) >= 2
+    for r in rows:
+        assert r["IPAddress"] == inc.sp_ip and r["MatchedBy"] != "" and r["ChangeTime"] > r["SignInTime"]
+    # The same join by hand, as an investigator would write it over Sentinel's two tables.
+    joined = query(demo.lake, f"""AuditLogs
+| where tostring(InitiatedBy.app.servicePrincipalId) == "{inc.sp_object_id}"
+| project ChangeTime = TimeGenerated, ServicePrincipalId = tostring(InitiatedBy.app.servicePrincipalId), OperationName
+| join kind=inner (AADServicePrincipalSignInLogs | where ResultType == "0"
+    | project SignInTime = TimeGenerated, ServicePrincipalId, IPAddress) on ServicePrincipalId
+| where SignInTime between ((ChangeTime - 1h) .. ChangeTime)
+| distinct OperationName, IPAddress""")
+    # (It also finds the principal's routine sign-ins of that hour from its usual address; the
+    # function keeps the one sign-in behind each change.)
+    assert inc.sp_ip in {r["IPAddress"] for r in joined}
+    assert {r["OperationName"] for r in joined} == {r["OperationName"] for r in rows}
+
+
+def test_managed_identity_sign_ins_by_resource(demo: Demo) -> None:
+    rows = query(demo.lake, "ManagedIdentityAccess")
+    assert {r["ResourceDisplayName"] for r in rows} == {"Azure Key Vault", "Azure Resource Manager"}
+    for r in rows:
+        assert r["ResourceIdentity"] and r["SignIns"] > 0
+        assert r["ManagedIdentityResourceId"].startswith("/subscriptions/")
+        assert "countryOrRegion" in r["LocationDetails"]
+    # The table keeps Sentinel's type: LocationDetails is a string there, not dynamic.
+    schema = {r["ColumnName"]: r["ColumnType"] for r in query(demo.lake, "AADManagedIdentitySignInLogs | getschema")}
+    assert schema["LocationDetails"] == "string" and schema["ResourceIdentity"] == "string"
+
+
+def test_the_attackers_address_is_a_first_seen_address_of_the_principal(demo: Demo) -> None:
+    inc = demo.incident
+    rows = query(demo.lake, f"ServicePrincipalNewAddresses(ago(3d)) | where ServicePrincipalId == '{inc.sp_object_id}'")
+    new = [r for r in rows if r["NewForPrincipal"]]
+    assert [r["IPAddress"] for r in new] == [inc.sp_ip]
 
 
 # -- the pipeline's own health ---------------------------------------------------------------
