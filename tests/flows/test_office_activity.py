@@ -215,3 +215,99 @@ def test_sharepoint_columns_sentinel_added_carry_the_records_fields(samples: Pat
         assert row["UniqueSharingId"] == (raw(row, "UniqueSharingId") or "")
         context = row["AppAccessContext"]
         assert (orjson.loads(context) if isinstance(context, str) else context) == raw(row, "AppAccessContext")
+
+
+# -- the KQL Sentinel content depends on ----------------------------------------------------------
+# The survey of Sentinel's OfficeActivity-only rules and hunting queries (bench/sentinel_survey.py,
+# docs/office-activity.md) lists the constructs, columns and values they depend on. Each query here is
+# our own and exercises one of them; each must run on the demo lake and type-check for ADX.
+
+def _strings(rows: list[dict[str, Any]], column: str) -> bool:
+    return bool(rows) and all(isinstance(r[column], str) for r in rows)
+
+
+CONTENT: dict[str, tuple[str, Any]] = {
+    "legacy makeset/makelist": (
+        """OfficeActivity | where OfficeWorkload == "Exchange"
+| summarize Ops = makeset(Operation), Recent = makelist(Operation, 5) by UserId""",
+        lambda rows: rows and all(len(set(r["Ops"])) == len(r["Ops"]) and len(r["Recent"]) <= 5 for r in rows)),
+    "mv-apply summarize make_bag, bag_unpack, column_ifexists": (
+        """OfficeActivity | where Operation == "New-InboxRule"
+| mv-apply P = todynamic(Parameters) on (summarize Params = make_bag(pack(tostring(P.Name), P.Value)))
+| evaluate bag_unpack(Params, "p_")
+| extend Forward = strcat(tostring(column_ifexists("p_ForwardTo", "")),
+    tostring(column_ifexists("p_ForwardAsAttachmentTo", "")), tostring(column_ifexists("p_RedirectTo", ""))),
+    Rule = tostring(column_ifexists("p_Name", ""))
+| project UserId, Rule, Forward""",
+        lambda rows: rows and all(r["Rule"] for r in rows) and any(r["Forward"] for r in rows)),
+    "hash with a modulus": (
+        """OfficeActivity | distinct UserId | extend Bucket = hash(UserId, 10)
+| summarize Users = count(), InRange = countif(Bucket >= 0 and Bucket < 10), Buckets = dcount(Bucket)""",
+        lambda rows: rows[0]["Users"] == rows[0]["InRange"] and rows[0]["Buckets"] > 1),
+    "extractjson with typeof": (
+        """OfficeActivity | where Operation == "Set-Mailbox" and Parameters startswith "["
+| extend FirstParameter = extractjson("$[0].Name", Parameters, typeof(string)) | project FirstParameter""",
+        lambda rows: _strings(rows, "FirstParameter") and all(r["FirstParameter"] for r in rows)),
+    "project-reorder": (
+        """OfficeActivity | take 3 | project-reorder UserId, Operation""",
+        lambda rows: rows and list(rows[0])[:2] == ["UserId", "Operation"]),
+    "tabular let function": (
+        """let byUser = (T:(Operation:string, UserId:string), op:string) {
+    T | where Operation == op | summarize Logins = count() by UserId };
+byUser(OfficeActivity, "MailboxLogin")""",
+        lambda rows: rows and all(r["Logins"] > 0 for r in rows)),
+    "parenthesised source": (
+        """(OfficeActivity | where OfficeWorkload == "SharePoint") | summarize Events = count()""",
+        lambda rows: rows[0]["Events"] > 0),
+    "mv-expand of an unnamed expression": (
+        """OfficeActivity | where Operation == "New-InboxRule" | mv-expand todynamic(Parameters)
+| project Parameters""",
+        lambda rows: rows and all(isinstance(r["Parameters"], (dict, str)) for r in rows)),
+    "bag_keys": (
+        """OfficeActivity | where Operation == "New-InboxRule"
+| extend Keys = bag_keys(todynamic(Parameters)[0]) | project Keys""",
+        lambda rows: rows and all(sorted(r["Keys"]) == ["Name", "Value"] for r in rows)),
+    "extract_all with group names": (
+        """OfficeActivity | where Client_IPAddress matches regex @"^[0-9.]+:[0-9]+$"
+| extend Parts = extract_all(@"(?P<ip>[0-9.]+):(?P<port>[0-9]+)", dynamic(["port", "ip"]), Client_IPAddress)
+| project Client_IPAddress, Parts""",
+        lambda rows: all(r["Parts"][0] == list(reversed(r["Client_IPAddress"].split(":"))) for r in rows)),
+    "iff of a dynamic and a string": (
+        """OfficeActivity | where OfficeWorkload == "MicrosoftTeams" and Operation == "MemberAdded"
+| extend Who = iff(isempty(TeamName), Members[0].UPN, TeamName) | project Who""",
+        lambda rows: _strings(rows, "Who")),
+    "values: Logon_Type, UserType, RecordType, OfficeWorkload, ResultStatus, EventSource": (
+        """OfficeActivity
+| summarize Owners = countif(Logon_Type == "Owner"), Admins = countif(UserType in ("Admin", "DcAdmin")),
+    FileOps = countif(RecordType == "SharePointFileOperation"), Teams = countif(OfficeWorkload =~ "MicrosoftTeams"),
+    Succeeded = countif(ResultStatus =~ "Succeeded"), SharePoint = countif(EventSource == "SharePoint")""",
+        lambda rows: all(v > 0 for v in rows[0].values())),
+}
+
+
+@pytest.mark.parametrize("name", list(CONTENT))
+def test_the_kql_sentinel_content_uses_runs_on_the_demo_lake(demo: Path, name: str) -> None:
+    text, holds = CONTENT[name]
+    rows = query(demo, text)
+    assert holds(rows), (name, rows[:3])
+
+
+def test_what_cannot_run_locally_is_one_line_pointing_to_adx(demo: Path) -> None:
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(["query", "--lake", str(demo), "OfficeActivity | make-series Events = count() default = 0 "
+                                                    "on TimeGenerated step 1h by OfficeWorkload"])
+    lines = err.getvalue().strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "make-series" in lines[0] and "ADX" in lines[0], lines
+
+
+def test_the_content_queries_type_check_for_adx(tmp_path: Path) -> None:
+    from tests.contract.test_kql_parse import FUNCTIONS, describe, run_check
+
+    files = []
+    for n, (text, _) in enumerate(CONTENT.values()):
+        path = tmp_path / f"content{n:02}.kql"
+        path.write_text(text, encoding="utf-8")
+        files.append(path)
+    report = run_check(tmp_path, sorted(FUNCTIONS.glob("*.kql")) + files)
+    assert describe(report) == []
