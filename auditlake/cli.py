@@ -27,7 +27,7 @@ import orjson
 from function_app.config import Settings, SettingsError, adx_insecure_http_allowed, is_guid, parse_content_types
 from function_app.core.model import CONTENT_TYPES, BlobStatus
 from function_app.entra.poller import EntraRules
-from function_app.entra.streams import SHORT_NAMES, STREAMS, Stream
+from function_app.entra.streams import SHORT_NAMES, STREAMS, Stream, parse_streams
 from function_app.logredact import install_log_redaction
 
 LAKE_SETTING = "AUDITLAKE_LAKE"
@@ -129,8 +129,7 @@ def _sources(value: str) -> tuple[str, ...]:
 
 def entra_streams(sources: Sequence[str]) -> list[Stream]:
     """The Entra ID streams *sources* names (``entra``: all five), in their fixed order."""
-    chosen = set(STREAMS) if "entra" in sources else {SHORT_NAMES[n] for n in sources if n in SHORT_NAMES}
-    return [s for s in STREAMS if s in chosen]
+    return list(parse_streams(",".join(n for n in sources if n != "feed")))
 
 
 def _api_root(value: str) -> str:

@@ -14,7 +14,7 @@ import azure.functions as func
 
 from function_app.config import app_settings
 from function_app.logredact import install_log_redaction
-from function_app.triggers import collect, content, ingest_failures, search
+from function_app.triggers import collect, content, entra, ingest_failures, search
 
 # Before any client exists: every log record of the process, whatever its logger and level,
 # has SAS signatures and tokens blanked (urllib3 and azure-core log full URLs at DEBUG).
@@ -31,3 +31,4 @@ app.register_functions(collect.bp)
 app.register_functions(content.bp)
 app.register_functions(ingest_failures.bp)
 app.register_functions(search.bp)
+app.register_functions(entra.bp)

@@ -99,6 +99,7 @@ STORAGE_SETTING = "AzureWebJobsStorage"
 CONTENT_QUEUE_SETTING = "CONTENT_QUEUE"
 COLLECT_SCHEDULE_SETTING = "COLLECT_SCHEDULE"
 SEARCH_SCHEDULE_SETTING = "SEARCH_SCHEDULE"
+ENTRA_SCHEDULE_SETTING = "ENTRA_SCHEDULE"
 ADX_INSECURE_SETTING = "ADX_ALLOW_INSECURE_HTTP"
 POISON_SUFFIX = "-poison"
 
@@ -196,6 +197,14 @@ SETTINGS: tuple[SettingDef, ...] = (
     SettingDef(COLLECT_SCHEDULE_SETTING, Kind.NCRONTAB, scope=_B, default="0 */2 * * * *", required_in_azure=True,
                doc="the timer (six-field NCRONTAB); the host resolves `%COLLECT_SCHEDULE%` in the timer triggers "
                    "itself"),
+    SettingDef("AUDITLAKE_ENTRA_STREAMS", Kind.TEXT, unset="none", doc=(
+        "the Entra ID logs the Functions app's `entra_poll` timer polls from Microsoft Graph, for a tenant "
+        "that cannot stream them through an Event Hub (docs/entra.md): `entra` (all five) or a comma list of "
+        "`signins`, `noninteractive`, `serviceprincipal`, `managedidentity`, `directoryaudits`; empty: none "
+        "(the timer then does nothing). Needs the Graph permission AuditLog.Read.All and Entra ID P1/P2")),
+    SettingDef("ENTRA_SCHEDULE", Kind.NCRONTAB, scope=_B, default="0 */5 * * * *", required_in_azure=True,
+               doc="the Entra ID log polling timer (six-field NCRONTAB, UTC); it polls only the logs "
+                   "`AUDITLAKE_ENTRA_STREAMS` names"),
     SettingDef("SEARCH_SCHEDULE", Kind.NCRONTAB, scope=_B, default="0 30 3 * * *", required_in_azure=True,
                doc="the Purview audit search timer (six-field NCRONTAB, UTC): daily, so day D is searched on D+2 "
                    "once Purview had a day to catch up; the first runs are the onboarding backfill"),
@@ -257,8 +266,18 @@ AZURE_SETTING_NAMES: frozenset[str] = frozenset(d.name for d in SETTINGS if d.sc
 DEFAULT_CONTENT_QUEUE = _default(CONTENT_QUEUE_SETTING)
 DEFAULT_COLLECT_SCHEDULE = _default(COLLECT_SCHEDULE_SETTING)
 DEFAULT_SEARCH_SCHEDULE = _default(SEARCH_SCHEDULE_SETTING)
+DEFAULT_ENTRA_SCHEDULE = _default(ENTRA_SCHEDULE_SETTING)
 DEFAULT_STATE_TABLE_PREFIX = _default("STATE_TABLE_PREFIX")
 DEFAULT_DEADLETTER_CONTAINER = _default("DEADLETTER_CONTAINER")
+
+
+def _entra_streams(env: Mapping[str, str]) -> tuple[str, ...]:
+    from function_app.entra.streams import parse_streams
+
+    try:
+        return tuple(s.name for s in parse_streams(_text(env, "AUDITLAKE_ENTRA_STREAMS")))
+    except ValueError as exc:
+        raise SettingsError(f"AUDITLAKE_ENTRA_STREAMS: {exc}") from None
 
 
 def _text(env: Mapping[str, str], name: str) -> str:
@@ -370,6 +389,8 @@ class Settings:
     http_timeout: float = _default_number("AUDITLAKE_HTTP_TIMEOUT_SECONDS")
     concurrency: int = int(_default_number("AUDITLAKE_CONCURRENCY"))
     search_history_days: int = int(_default_number("AUDITLAKE_SEARCH_HISTORY_DAYS"))
+    entra_streams: tuple[str, ...] = ()
+    """Names of the Entra ID logs the Functions timer polls (``entra.streams.parse_streams`` reads them)."""
     """How many days back the Purview audit search backfill reaches (the Functions app's search timer)."""
 
     @classmethod
@@ -416,6 +437,7 @@ class Settings:
             http_timeout=_number(env, "AUDITLAKE_HTTP_TIMEOUT_SECONDS", minimum=1),
             concurrency=int(_number(env, "AUDITLAKE_CONCURRENCY", minimum=1)),
             search_history_days=_whole(env, "AUDITLAKE_SEARCH_HISTORY_DAYS", minimum=2),
+            entra_streams=_entra_streams(env),
         )
 
 
@@ -551,6 +573,7 @@ class AzureSettings:
     content_queue: str = DEFAULT_CONTENT_QUEUE
     collect_schedule: str = DEFAULT_COLLECT_SCHEDULE
     search_schedule: str = DEFAULT_SEARCH_SCHEDULE
+    entra_schedule: str = DEFAULT_ENTRA_SCHEDULE
     adx_streaming: bool = _default_flag("ADX_STREAMING")
     adx_engine_uri: str | None = None
     adx_client_id: str | None = None
@@ -620,6 +643,8 @@ class AzureSettings:
             collect_schedule=check_ncrontab(_text(env, COLLECT_SCHEDULE_SETTING) or _default(COLLECT_SCHEDULE_SETTING)),
             search_schedule=check_ncrontab(_text(env, SEARCH_SCHEDULE_SETTING) or _default(SEARCH_SCHEDULE_SETTING),
                                            SEARCH_SCHEDULE_SETTING),
+            entra_schedule=check_ncrontab(_text(env, ENTRA_SCHEDULE_SETTING) or _default(ENTRA_SCHEDULE_SETTING),
+                                          ENTRA_SCHEDULE_SETTING),
             adx_streaming=_flag(env, "ADX_STREAMING"),
             adx_engine_uri=engine,
             adx_client_id=adx_client_id,

@@ -66,6 +66,12 @@ param searchSchedule string = '0 30 3 * * *'
 @minValue(2)
 param searchHistoryDays int = 180
 
+@description('Entra ID log polling timer, six-field NCRONTAB in UTC (ENTRA_SCHEDULE).')
+param entraSchedule string = '0 */5 * * * *'
+
+@description('Entra ID logs the Functions app polls from Microsoft Graph (AUDITLAKE_ENTRA_STREAMS), for tenants whose logs cannot stream through entraStreaming: entra (all five), or a comma list of signins, noninteractive, serviceprincipal, managedidentity, directoryaudits; empty for none. Needs AuditLog.Read.All and Entra ID P1/P2 in each tenant.')
+param entraStreams string = ''
+
 @description('Resource id of an existing ADX cluster to use; empty creates a new cluster.')
 param adxClusterResourceId string = ''
 
@@ -415,6 +421,8 @@ module functionApp 'modules/functionapp.bicep' = {
     collectSchedule: collectSchedule
     searchSchedule: searchSchedule
     searchHistoryDays: searchHistoryDays
+    entraSchedule: entraSchedule
+    entraStreams: entraStreams
     authMode: authMode
     apiClientId: createAppRegistration ? appRegistration.outputs.appId : appId
     tokenExchangeAudience: tokenExchangeAudience

@@ -18,7 +18,7 @@ from typing import cast
 
 from function_app.azure.ingest_failures import FailureReports, StatusQueueReports
 from function_app.azure.mirror import AdxMirroredState
-from function_app.compose import SearchRouter, open_parts
+from function_app.compose import EntraRouter, SearchRouter, open_parts
 from function_app.config import app_settings
 from function_app.core.delivery import Runtime
 from function_app.core.ports import ClaimingStateStore
@@ -35,6 +35,7 @@ class _Built:
     stack: AsyncExitStack
     failure_reports: FailureReports | None = None
     search: SearchRouter | None = None
+    entra: EntraRouter | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +64,8 @@ async def _build() -> _Built:
         # The parts come from the one composition root, as they do for collect, replay and demo.
         # With the search clients: they share the feed's HTTP session and cost nothing until the
         # search timer calls them (a tenant without the API is told so then, not at start-up).
-        parts = await stack.enter_async_context(open_parts(cfg.core, azure=cfg.azure, search=True))
+        # And the Entra ID log clients, which likewise cost nothing until the entra timer polls.
+        parts = await stack.enter_async_context(open_parts(cfg.core, azure=cfg.azure, search=True, entra=True))
         assert parts.queue is not None and parts.deadletter is not None
         runtime = Runtime(settings=cfg.core, azure=cfg.azure, state=cast(ClaimingStateStore, parts.state),
                           queue=parts.queue, deadletter=parts.deadletter, sink=parts.sink, api=parts.api,
@@ -80,7 +82,7 @@ async def _build() -> _Built:
         raise
     log.info("runtime built instance=%s tenants=%d queue=%s adx_database=%s streaming=%s", runtime.instance,
              len(parts.feeds), cfg.azure.content_queue, cfg.azure.adx_database, cfg.azure.adx_streaming)
-    return _Built(runtime, stack, reports, parts.search)
+    return _Built(runtime, stack, reports, parts.search, parts.entra)
 
 
 async def _built_for_loop() -> _Built:
@@ -125,6 +127,15 @@ async def search_parts() -> SearchParts:
     if built.search is None or not isinstance(state, AdxMirroredState):  # pragma: no cover - _build makes both
         raise RuntimeError("the Runtime has no Purview audit search or no mirrored Table Storage ledger")
     return SearchParts(built.runtime, built.search, state)
+
+
+async def entra_parts() -> tuple[Runtime, EntraRouter]:
+    """The entra timer's parts: the Runtime (its Table Storage ledger and checkpoints, mirrored to
+    ADX, and the ADX sink) and the Entra ID log clients of its tenants."""
+    built = await _built_for_loop()
+    if built.entra is None:  # pragma: no cover - _build makes it
+        raise RuntimeError("the Runtime has no Entra ID log clients")
+    return built.runtime, built.entra
 
 
 async def close_runtime() -> None:

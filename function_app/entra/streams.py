@@ -73,6 +73,17 @@ SHORT_NAMES: dict[str, Stream] = {
 """What ``auditlake collect --source`` accepts for each stream (``entra`` means all five)."""
 
 
+def parse_streams(text: str) -> tuple[Stream, ...]:
+    """The streams a comma list names: ``entra`` (all five) or short names (``SHORT_NAMES``), in
+    ``STREAMS`` order; empty text, none. ValueError names an unknown one."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n != "entra" and n not in SHORT_NAMES]
+    if unknown:
+        raise ValueError(f"unknown Entra ID log {', '.join(unknown)}; choose from entra, {', '.join(SHORT_NAMES)}")
+    chosen = set(STREAMS) if "entra" in names else {SHORT_NAMES[n] for n in names}
+    return tuple(s for s in STREAMS if s in chosen)
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
 

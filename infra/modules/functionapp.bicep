@@ -77,6 +77,12 @@ param collectSchedule string
 @description('Purview audit search timer, six-field NCRONTAB in UTC (SEARCH_SCHEDULE).')
 param searchSchedule string
 
+@description('Entra ID log polling timer, six-field NCRONTAB in UTC (ENTRA_SCHEDULE).')
+param entraSchedule string
+
+@description('Entra ID logs polled from Microsoft Graph (AUDITLAKE_ENTRA_STREAMS): entra, or a comma list of signins, noninteractive, serviceprincipal, managedidentity, directoryaudits; empty for none.')
+param entraStreams string
+
 @description('Days of history the Purview audit search backfill keeps whole (AUDITLAKE_SEARCH_HISTORY_DAYS).')
 @minValue(2)
 param searchHistoryDays int
@@ -127,6 +133,9 @@ var collectorSettings = {
   CONTENT_QUEUE: contentQueueName
   COLLECT_SCHEDULE: collectSchedule
   SEARCH_SCHEDULE: searchSchedule
+  // Always set, like the other schedules; the timer polls only what AUDITLAKE_ENTRA_STREAMS names.
+  ENTRA_SCHEDULE: entraSchedule
+  AUDITLAKE_ENTRA_STREAMS: entraStreams
   STATE_TABLE_PREFIX: stateTablePrefix
   DEADLETTER_CONTAINER: deadletterContainerName
   ADX_INGEST_URI: adxIngestUri

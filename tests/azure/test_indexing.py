@@ -36,6 +36,8 @@ EXPECTED = {
     "watch_ingestion_failures": {"type": "timerTrigger", "name": "timer", "schedule": "%COLLECT_SCHEDULE%"},
     # The Purview audit search backfill, daily.
     "search_backfill": {"type": "timerTrigger", "name": "timer", "schedule": "%SEARCH_SCHEDULE%"},
+    # The Entra ID logs from Graph, for tenants that cannot stream them (AUDITLAKE_ENTRA_STREAMS).
+    "entra_poll": {"type": "timerTrigger", "name": "timer", "schedule": "%ENTRA_SCHEDULE%"},
 }
 
 
@@ -63,7 +65,7 @@ def test_every_setting_a_binding_names_is_known_to_config() -> None:
     raw = json.dumps(_bindings())
     named = set(re.findall(r"%([^%]+)%", raw))
     connections = {b["connection"] for bs in _bindings().values() for b in bs if "connection" in b}
-    assert named == {"COLLECT_SCHEDULE", "CONTENT_QUEUE", "SEARCH_SCHEDULE"}
+    assert named == {"COLLECT_SCHEDULE", "CONTENT_QUEUE", "SEARCH_SCHEDULE", "ENTRA_SCHEDULE"}
     assert named | connections <= AZURE_SETTING_NAMES
 
 
@@ -136,6 +138,7 @@ def test_the_worker_loads_main_py_by_file_name() -> None:
     ("ADX_INGEST_URI", ""),
     ("AUDITLAKE_TENANTS", "not-a-guid"),
     ("ADX_STREAMING", "maybe"),
+    ("AUDITLAKE_ENTRA_STREAMS", "signins,provisioning"),
 ])
 def test_a_bad_setting_stops_the_start_up_naming_it(setting: str, value: str) -> None:
     proc = subprocess.run([sys.executable, "-c", _LOADER], cwd=REPO, env=_worker_env(**{setting: value}),
