@@ -305,6 +305,7 @@ module appRegistration 'modules/app-registration.bicep' = if (createAppRegistrat
     tokenExchangeAudience: tokenExchangeAudience
     requestDlpPermission: requestDlpPermission
     requestAuditSearchPermission: requestAuditSearchPermission
+    requestEntraLogPermission: entraStreams != ''
     consentRedirectUri: consentRedirectUri
   }
 }

@@ -47,6 +47,15 @@ param graphAppId string = '00000003-0000-0000-c000-000000000000'
 @description('id of Microsoft Graph\'s AuditLogsQuery.Read.All app role.')
 param auditLogsQueryReadAllRoleId string = '5e1e9171-754d-478c-812c-f1755a9a4c2d'
 
+@description('Also declare Microsoft Graph AuditLog.Read.All and Directory.Read.All (application), which polling the Entra ID sign-in and audit logs needs (the list endpoints require both).')
+param requestEntraLogPermission bool = false
+
+@description('id of Microsoft Graph\'s AuditLog.Read.All app role.')
+param auditLogReadAllRoleId string = 'b0afded3-3588-46d8-8b3d-9842eff778da'
+
+@description('id of Microsoft Graph\'s Directory.Read.All app role.')
+param directoryReadAllRoleId string = '7ab1d382-f21e-4acd-a863-ba3e13f7da61'
+
 var readAccess = [
   {
     id: activityFeedReadRoleId
@@ -60,15 +69,28 @@ var dlpAccess = requestDlpPermission ? [
   }
 ] : []
 // A resource entry without permissions is meaningless, so Graph is listed only with the permission.
-var graphAccess = requestAuditSearchPermission ? [
+var searchRoles = requestAuditSearchPermission ? [
+  {
+    id: auditLogsQueryReadAllRoleId
+    type: 'Role'
+  }
+] : []
+var entraLogRoles = requestEntraLogPermission ? [
+  {
+    id: auditLogReadAllRoleId
+    type: 'Role'
+  }
+  {
+    id: directoryReadAllRoleId
+    type: 'Role'
+  }
+] : []
+var graphRoles = concat(searchRoles, entraLogRoles)
+var declaresGraph = requestAuditSearchPermission ? true : requestEntraLogPermission
+var graphAccess = declaresGraph ? [
   {
     resourceAppId: graphAppId
-    resourceAccess: [
-      {
-        id: auditLogsQueryReadAllRoleId
-        type: 'Role'
-      }
-    ]
+    resourceAccess: graphRoles
   }
 ] : []
 

@@ -43,6 +43,17 @@ param graphAppId string = '00000003-0000-0000-c000-000000000000'
 @description('id of Microsoft Graph\'s AuditLogsQuery.Read.All app role: "Read audit logs data from all services".')
 param auditLogsQueryReadAllRoleId string = '5e1e9171-754d-478c-812c-f1755a9a4c2d'
 
+// Polling this tenant's Entra ID sign-in and audit logs from Graph (AUDITLAKE_ENTRA_STREAMS on the
+// platform) needs both; a tenant that streams them through an Event Hub (entra-diagnostics.bicep) needs neither.
+@description('Grant Microsoft Graph AuditLog.Read.All and Directory.Read.All, which polling the Entra ID sign-in and audit logs needs (and an Entra ID P1 or P2 licence). Leave off if the platform does not poll them.')
+param grantEntraLogPermission bool = false
+
+@description('id of Microsoft Graph\'s AuditLog.Read.All app role: "Read all audit log data".')
+param auditLogReadAllRoleId string = 'b0afded3-3588-46d8-8b3d-9842eff778da'
+
+@description('id of Microsoft Graph\'s Directory.Read.All app role: "Read directory data".')
+param directoryReadAllRoleId string = '7ab1d382-f21e-4acd-a863-ba3e13f7da61'
+
 resource managementApi 'Microsoft.Graph/servicePrincipals@v1.0' existing = {
   appId: managementApiAppId
 }
@@ -73,6 +84,18 @@ resource auditLogsQueryRead 'Microsoft.Graph/appRoleAssignedTo@v1.0' = if (grant
   principalId: collector.id
   resourceId: graph.id
   appRoleId: auditLogsQueryReadAllRoleId
+}
+
+resource auditLogRead 'Microsoft.Graph/appRoleAssignedTo@v1.0' = if (grantEntraLogPermission) {
+  principalId: collector.id
+  resourceId: graph.id
+  appRoleId: auditLogReadAllRoleId
+}
+
+resource directoryRead 'Microsoft.Graph/appRoleAssignedTo@v1.0' = if (grantEntraLogPermission) {
+  principalId: collector.id
+  resourceId: graph.id
+  appRoleId: directoryReadAllRoleId
 }
 
 output tenantId string = tenant().tenantId

@@ -699,10 +699,12 @@ def _evaluate(value: Any, tree: dict[str, Any], params: dict[str, Any]) -> Any:
     return value
 
 
-def _required_resource_access(request_audit_search: bool, request_dlp: bool) -> list[dict[str, Any]]:
+def _required_resource_access(request_audit_search: bool, request_dlp: bool,
+                              request_entra: bool = False) -> list[dict[str, Any]]:
     tree = parsed(APP_REGISTRATION)
     (app,) = declared_resources(APP_REGISTRATION, "Microsoft.Graph/applications").values()
-    params = {"requestAuditSearchPermission": request_audit_search, "requestDlpPermission": request_dlp}
+    params = {"requestAuditSearchPermission": request_audit_search, "requestDlpPermission": request_dlp,
+              "requestEntraLogPermission": request_entra}
     access: list[dict[str, Any]] = _evaluate(body(app)["requiredResourceAccess"], tree, params)
     return access
 
@@ -723,6 +725,26 @@ def test_the_app_declares_audit_logs_query_read_all_exactly_when_asked(request_a
     (management,) = [entry for entry in access if entry["resourceAppId"] != GRAPH_APP_ID]
     assert {"id": "594c1fb6-4f81-4475-ae41-0c394909246c", "type": "Role"} in management["resourceAccess"]
     assert len(management["resourceAccess"]) == (2 if request_dlp else 1)
+
+
+@pytest.mark.parametrize("request_audit_search", [True, False])
+def test_the_app_declares_the_entra_log_permissions_exactly_when_asked(request_audit_search: bool) -> None:
+    # AuditLog.Read.All and Directory.Read.All (application), as Microsoft's Graph permissions reference
+    # gives their ids; the sign-in and directory audit list endpoints require both.
+    entra = [{"id": "b0afded3-3588-46d8-8b3d-9842eff778da", "type": "Role"},
+             {"id": "7ab1d382-f21e-4acd-a863-ba3e13f7da61", "type": "Role"}]
+    search = [{"id": AUDIT_LOGS_QUERY_READ_ALL_ROLE_ID, "type": "Role"}] if request_audit_search else []
+    for request_entra in (True, False):
+        access = _required_resource_access(request_audit_search, False, request_entra)
+        graph = [entry for entry in access if entry["resourceAppId"] == GRAPH_APP_ID]
+        wanted = search + (entra if request_entra else [])
+        assert graph == ([{"resourceAppId": GRAPH_APP_ID, "resourceAccess": wanted}] if wanted else [])
+    wired = body(parsed(MAIN)["modules"]["appRegistration"])["params"]
+    assert wired["requestEntraLogPermission"] == {
+        "operator": {"type": "not_equals", "operands": {"operand_1": "entraStreams", "operand_2": ""}}}
+    grants = {body(r).get("appRoleId"): r["config"].get("condition")
+              for r in declared_resources(ONBOARDING, "Microsoft.Graph/appRoleAssignedTo").values()}
+    assert grants["auditLogReadAllRoleId"] == grants["directoryReadAllRoleId"] == "grantEntraLogPermission"
 
 
 def test_the_audit_search_permission_defaults_on_exactly_in_the_clouds_with_the_api() -> None:
