@@ -226,6 +226,19 @@ def _retry_of(settings: Settings) -> RetryPolicy:
                        max_delay=settings.retry_max)
 
 
+def _graph_tokens(root: str, cloud: Cloud, tokens: TokenProvider | None, env: Mapping[str, str],
+                  stack: AsyncExitStack) -> TokenProvider:
+    """*tokens*, else a credential from the environment for Graph's scope at *root*, closed with *stack*
+    (azure-identity credentials hold their own HTTP sessions)."""
+    if tokens is not None:
+        return tokens
+    provider = token_provider_from_env(env, cloud, scope=graph_scope(root))
+    close = getattr(provider, "close", None)
+    if close is not None:
+        stack.push_async_callback(close)
+    return provider
+
+
 def _open_search(
     settings: Settings, feeds: Sequence[TenantConfig], session: aiohttp.ClientSession, stack: AsyncExitStack,
     *, tokens: TokenProvider | None, env: Mapping[str, str],
@@ -243,12 +256,9 @@ def _open_search(
         root = graph_root_of(cloud, settings.graph_root)
         client = clients.get(root)
         if client is None:
-            provider = tokens or token_provider_from_env(env, cloud, scope=graph_scope(root))
-            close = getattr(provider, "close", None)
-            if close is not None and provider is not tokens:
-                stack.push_async_callback(close)
-            client = PurviewSearchClient(session, graph_root=root, tokens=provider, retry=_retry_of(settings),
-                                         cloud=cloud.value, timeout=settings.http_timeout)
+            client = PurviewSearchClient(session, graph_root=root,
+                                         tokens=_graph_tokens(root, cloud, tokens, env, stack),
+                                         retry=_retry_of(settings), cloud=cloud.value, timeout=settings.http_timeout)
             clients[root] = client
         routed[tenant.tenant_id] = client
     return SearchRouter(routed)
@@ -268,12 +278,8 @@ def _open_entra(
         root = graph_root_of(cloud, settings.graph_root)
         client = clients.get(root)
         if client is None:
-            provider = tokens or token_provider_from_env(env, cloud, scope=graph_scope(root))
-            close = getattr(provider, "close", None)
-            if close is not None and provider is not tokens:
-                stack.push_async_callback(close)
-            client = EntraLogClient(session, graph_root=root, tokens=provider, retry=_retry_of(settings),
-                                    budget=budget, timeout=settings.http_timeout)
+            client = EntraLogClient(session, graph_root=root, tokens=_graph_tokens(root, cloud, tokens, env, stack),
+                                    retry=_retry_of(settings), budget=budget, timeout=settings.http_timeout)
             clients[root] = client
         routed[tenant.tenant_id] = client
     return EntraRouter(routed)

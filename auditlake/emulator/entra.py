@@ -86,7 +86,7 @@ import orjson
 from aiohttp import web
 
 from auditlake.emulator.faults import FaultSpec, stable_seed
-from auditlake.emulator.purview import GraphError
+from auditlake.emulator.purview import GraphError, bearer_tenant
 from auditlake.emulator.synth import (
     APP_AAD_POWERSHELL,
     APP_EXCHANGE,
@@ -124,7 +124,6 @@ _VISIBLE_AFTER_S = (30.0, 300.0)
 _LATE_AFTER_S = (3600.0, 4 * 3600.0)
 _MAX_LISTINGS = 2048
 _RETRY_AFTER_SLACK = 0.05
-_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 APP_AZURE_PORTAL = "c44b4083-3bb0-49c1-b47d-974e53cbdf3c"
 APP_ONEDRIVE_SYNC = "ab9b8c07-8f02-4f72-87fa-80105867a763"
@@ -1093,20 +1092,12 @@ class EntraService:
     # -------------------------------------------------------------------- gates
 
     def _authorize(self, request: web.Request) -> SyntheticTenant:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() == "bearer" and token:
-            secret, at, suffix = token.rpartition("@")
-            tenant: SyntheticTenant | None
-            if at and _GUID_RE.match(suffix):
-                tenant, token = self.tenants.get(suffix.lower()), secret
-            else:
-                tenant = next(iter(self.tenants.values()), None)
-            if tenant is not None and token and (self.token is None or token == self.token):
-                return tenant
-        self.stats.unauthorized += 1
-        raise GraphError(401, "InvalidAuthenticationToken", "Access token validation failure.",
-                         {"WWW-Authenticate": "Bearer"})
+        tenant = bearer_tenant(request, self.tenants, self.token)
+        if tenant is None:
+            self.stats.unauthorized += 1
+            raise GraphError(401, "InvalidAuthenticationToken", "Access token validation failure.",
+                             {"WWW-Authenticate": "Bearer"})
+        return tenant
 
     def _take_budget(self, tenant: SyntheticTenant) -> None:
         if not self.budget:

@@ -289,6 +289,25 @@ def _strings(body: Mapping[str, Any], name: str) -> list[str]:
     return list(value)
 
 
+def bearer_tenant(request: web.Request, tenants: Mapping[str, SyntheticTenant],
+                  token: str | None) -> SyntheticTenant | None:
+    """The tenant a Graph request's bearer token picks (``<token>@<tenant guid>``, else the first
+    tenant), or None when the token is missing or is not the one required (*token*, when set)."""
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    presented = presented.strip()
+    if scheme.lower() != "bearer" or not presented:
+        return None
+    secret, at, suffix = presented.rpartition("@")
+    tenant: SyntheticTenant | None
+    if at and _GUID_RE.match(suffix):
+        tenant, presented = tenants.get(suffix.lower()), secret
+    else:
+        tenant = next(iter(tenants.values()), None)
+    if tenant is None or not presented or (token is not None and presented != token):
+        return None
+    return tenant
+
+
 class SearchService:
     """The query API's state for one emulator: tenants' indexes, queries, fault draws, statistics.
 
@@ -340,20 +359,12 @@ class SearchService:
             return found
 
     def _authorize(self, request: web.Request) -> SyntheticTenant:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        token = token.strip()
-        if scheme.lower() == "bearer" and token:
-            secret, at, suffix = token.rpartition("@")
-            tenant: SyntheticTenant | None
-            if at and _GUID_RE.match(suffix):
-                tenant, token = self.tenants.get(suffix.lower()), secret
-            else:
-                tenant = next(iter(self.tenants.values()), None)
-            if tenant is not None and token and (self.token is None or token == self.token):
-                return tenant
-        self.stats.unauthorized += 1
-        raise GraphError(401, "InvalidAuthenticationToken", "Access token validation failure.",
-                         {"WWW-Authenticate": "Bearer"})
+        tenant = bearer_tenant(request, self.tenants, self.token)
+        if tenant is None:
+            self.stats.unauthorized += 1
+            raise GraphError(401, "InvalidAuthenticationToken", "Access token validation failure.",
+                             {"WWW-Authenticate": "Bearer"})
+        return tenant
 
     def _throttle(self, request: web.Request) -> None:
         here = f"{request.method} {request.path_qs}"

@@ -293,9 +293,10 @@ def test_incident_directory_changes(tenant: SyntheticTenant, records: list[tuple
     assert {r["ObjectId"] for r in signup} == {inc.license_signup_target_upn}
     names = {p["Name"] for r in signup for p in r["ModifiedProperties"]}
     assert {"AssignedLicense", "AssignedPlan"} <= names
-    admin = [r for r in by_op(records, "Change user license.") if r["ObjectId"] == inc.license_admin_target_upn
-             and r["UserId"].lower() == inc.license_admin_upn]
-    assert any(r["ModifiedProperties"] == [] for r in admin)
+    # The admin centre's change: no ModifiedProperties, no ObjectId; the user only in Target[] (UPN, Type 5).
+    admin = [r for r in by_op(records, "Change user license.") if r["UserId"].lower() == inc.license_admin_upn
+             and {"ID": inc.license_admin_target_upn, "Type": 5} in r["Target"]]
+    assert len(admin) == 1 and admin[0]["ModifiedProperties"] == [] and "ObjectId" not in admin[0]
     cred = [r for r in by_op(records, "Add service principal credentials.")
             if any(t["ID"] == inc.sp_object_id for t in r["Target"])
             and r["UserId"].lower() == inc.victim_upn and r["ClientIP"] == inc.attacker_ip]
