@@ -370,8 +370,9 @@ def demo_lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     con = duckdb.connect(str(path))
     try:
-        # The lake has a SigninLogs table of its own (Sentinel's columns, empty in the demo); the
-        # workspace's rows go into it, as the workspace would hold them.
+        # The lake has a SigninLogs table of its own (Sentinel's columns, filled by the demo's Entra
+        # logs); here it stands for the workspace's table, holding only the rows this test knows.
+        con.execute('DELETE FROM "SigninLogs"')
         columns = ", ".join(f'"{c}"' for c in ("Id", *WORKSPACE_TABLES["SigninLogs"]))
         now = datetime.now(UTC).replace(tzinfo=None)
         rows = [(f"ws-{h}", now - timedelta(hours=h), f"user{h}@example.com", attacker_ip(), "50126") for h in (3, 4)]

@@ -219,7 +219,11 @@ def test_search_faults_lose_nothing(emulator_factory: Any, tmp_path: Path, fault
     if key.startswith("search_"):
         assert stats["faults"].get(key, 0) > 0, stats
     if key == "search_flaky":
-        assert t.repagings >= 5 and t.inconsistent_slices >= 1
+        # Every flaky first paging that left a record out was paged again (every record once, above).
+        # Not "5 repagings": a flaky query whose slice holds no record drops none and needs none, and
+        # which slices are the first five depends on the hour the test runs.
+        assert stats["faults"]["search_flaky_records"] > 0
+        assert t.repagings >= 1 and t.inconsistent_slices >= 1
         assert _query(lake, 'SELECT count(*) FROM "SearchCount" WHERE NOT "Consistent"')[0][0] >= 1
     if key in ("search_limit", "search_max_days"):
         assert t.slices_split > 0
