@@ -18,6 +18,7 @@ from function_app.core.pipeline import CollectReport, Pipeline
 from function_app.core.process import BlobOutcome
 from function_app.entra.poller import ENTRA_RETENTION, EntraPoller, EntraRules, StreamOutcome, poll_tenants
 from function_app.entra.streams import Stream
+from function_app.gc_tuning import periodic_collection
 from function_app.o365.auth import TokenProvider
 from function_app.purview.backfill import (
     SEARCH_CONTENT_TYPE,
@@ -79,8 +80,9 @@ async def collect(
     ledger); a stream without a checkpoint starts at *since*, else ``entra_rules.initial_lookback``."""
     progress = progress or Progress()
     feeds = feeds_of(settings, tenant_ids, content_types)
-    async with open_parts(settings, feeds=feeds, lake=lake, adx=adx, tokens=tokens, env=env, clock=clock,
-                          entra=bool(entra)) as parts:
+    lake.commit_records = settings.commit_records
+    async with periodic_collection(), open_parts(settings, feeds=feeds, lake=lake, adx=adx, tokens=tokens,
+                                                 env=env, clock=clock, entra=bool(entra)) as parts:
         pipeline = Pipeline(
             api=parts.api, state=parts.state, sink=parts.sink, build_rows=parts.build_rows, clock=parts.clock,
             rules=parts.rules, concurrency=settings.concurrency,

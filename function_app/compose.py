@@ -56,6 +56,7 @@ from function_app.purview.client import (
     SearchUnavailableError,
 )
 from function_app.records.flatten import BlobContext
+from function_app.records.schema_observation import SchemaObserver
 from function_app.records.tables import flatten_tables
 
 
@@ -76,7 +77,11 @@ def build_rows(
         content_created=blob.content_created,
         ingested_at=fetched_at,
     )
-    return flatten_tables(records, ctx)
+    observer = SchemaObserver(fetched_at)
+    tables: dict[str, Sequence[Mapping[str, Any]]] = dict(flatten_tables(records, ctx, observer=observer))
+    # The observer reads as its rows; the local lake folds the observers of a commit's blobs first.
+    tables["SchemaObservation"] = observer
+    return tables
 
 
 def rules_of(settings: Settings) -> PlanningRules:

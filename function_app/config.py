@@ -146,6 +146,9 @@ SETTINGS: tuple[SettingDef, ...] = (
     SettingDef("AUDITLAKE_HTTP_TIMEOUT_SECONDS", Kind.NUMBER, default="120", doc="per request"),
     SettingDef("AUDITLAKE_CONCURRENCY", Kind.INT, default="32", doc=(
         "blobs fetched and flattened at once by the local collector")),
+    SettingDef("AUDITLAKE_COMMIT_RECORDS", Kind.INT, default="5000", doc=(
+        "records the local collector gathers into one lake commit (it also commits every quarter second); "
+        "larger commits cost fewer statements, smaller ones less memory")),
     SettingDef("AUDITLAKE_SEARCH_HISTORY_DAYS", Kind.INT, default="180", doc=(
         "days of history the Purview audit search backfill keeps whole (Purview Standard's retention): the "
         "Functions app's search timer backfills `[today - N days, yesterday)`, skipping days already done")),
@@ -388,6 +391,7 @@ class Settings:
     retry_max: float = _default_number("AUDITLAKE_RETRY_MAX_SECONDS")
     http_timeout: float = _default_number("AUDITLAKE_HTTP_TIMEOUT_SECONDS")
     concurrency: int = int(_default_number("AUDITLAKE_CONCURRENCY"))
+    commit_records: int = int(_default_number("AUDITLAKE_COMMIT_RECORDS"))
     search_history_days: int = int(_default_number("AUDITLAKE_SEARCH_HISTORY_DAYS"))
     entra_streams: tuple[str, ...] = ()
     """Names of the Entra ID logs the Functions timer polls (``entra.streams.parse_streams`` reads them)."""
@@ -436,6 +440,7 @@ class Settings:
             retry_max=_number(env, "AUDITLAKE_RETRY_MAX_SECONDS"),
             http_timeout=_number(env, "AUDITLAKE_HTTP_TIMEOUT_SECONDS", minimum=1),
             concurrency=int(_number(env, "AUDITLAKE_CONCURRENCY", minimum=1)),
+            commit_records=int(_number(env, "AUDITLAKE_COMMIT_RECORDS", minimum=1)),
             search_history_days=_whole(env, "AUDITLAKE_SEARCH_HISTORY_DAYS", minimum=2),
             entra_streams=_entra_streams(env),
         )

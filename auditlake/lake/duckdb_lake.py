@@ -29,6 +29,7 @@ one, never a secondary error of the ROLLBACK or of the clean-up after it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -61,6 +62,7 @@ from function_app.lake.schema import (
     duckdb_ddl,
     duckdb_insert,
 )
+from function_app.records.schema_observation import SchemaObserver
 
 if TYPE_CHECKING:
     from auditlake.state.local import LocalStateStore
@@ -126,7 +128,7 @@ def _writable(table: Table, row: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _to_arrow(table: Table, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     names = table.column_names
-    if all(tuple(r) == names for r in rows):
+    if all(map(names.__eq__, map(tuple, rows))):
         columns: list[Sequence[Any]] = list(zip(*(r.values() for r in rows), strict=True)) if rows \
             else [[] for _ in names]
     else:
@@ -137,9 +139,14 @@ def _to_arrow(table: Table, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
 
 def _array(kind: Kind, values: Sequence[Any]) -> pa.Array:
     if kind is Kind.DYNAMIC:
-        # orjson's bytes go in as they are: Arrow takes UTF-8 bytes for a string column.
-        return pa.array([None if v is None else _dumps(v, option=_DUMP_OPTIONS) for v in values],
-                        type=_ARROW_TYPES[kind])
+        # orjson's bytes go in as they are: Arrow takes UTF-8 bytes for a string column. Values
+        # read from JSON have text keys only, and orjson serialises them a third faster without
+        # OPT_NON_STR_KEYS; a column holding another key (a dict built by code) is redone with it.
+        try:
+            dumped = [None if v is None else _dumps(v) for v in values]
+        except TypeError:
+            dumped = [None if v is None else _dumps(v, None, _DUMP_OPTIONS) for v in values]
+        return pa.array(dumped, type=_ARROW_TYPES[kind])
     if kind is Kind.DATETIME:
         # Through a UTC-zoned type: Arrow converts aware values and takes naive ones as UTC,
         # in C, instead of a Python call per value.
@@ -298,29 +305,54 @@ def insert_blobs(
     names = dict.fromkeys(name for tables in blobs for name in tables)
     for name in names:
         table = TABLES_BY_NAME[name]
-        parts: list[tuple[int, pa.Table]] = []
-        for i, tables in enumerate(blobs):
-            rows = tables.get(name)
-            if rows is None:
-                continue
-            part = rows if isinstance(rows, pa.Table) else to_arrow(table, rows)
-            if part.num_rows:
-                parts.append((i, part))
-        if not parts:
+        batch, parts = _table_batch(table, [tables.get(name) for tables in blobs])
+        if batch is None:
             continue
-        batch = pa.concat_tables([p for _, p in parts]) if len(parts) > 1 else parts[0][1]
         large = _large_bytes(batch) if memory_limit is not None else 0
         returned = _insert(con, table, batch, memory_limit, large)
         if returned is None:
             continue
         kept: Counter[str] = Counter(r[0] for r in returned)
-        for i, part in parts:
+        for i, content_id, count in parts:
             # Two parts of one blob in a batch (the same blob written twice) share its count.
-            content_id = part.column("ContentId")[0].as_py()
-            n = min(kept[content_id], part.num_rows)
+            n = min(kept[content_id], count)
             kept[content_id] -= n
-            results[i] = WriteResult(inserted=n, duplicates=part.num_rows - n)
+            results[i] = WriteResult(inserted=n, duplicates=count - n)
     return results
+
+
+def _table_batch(table: Table, parts: Sequence[Any]) -> tuple[pa.Table | None, list[tuple[int, Any, int]]]:
+    """One Arrow table of one table's *parts* (per blob: rows, an Arrow table, a SchemaObserver or
+    None) and, per non-empty part, (its index, its first ContentId, its row count).
+
+    Row lists are converted together, not blob by blob: each Arrow conversion costs a fixed few
+    microseconds per column, which for a table with a handful of rows per blob cost more than the
+    rows did. Observers are folded into one before they become rows (``SchemaObserver.fold``)."""
+    observers = [p for p in parts if isinstance(p, SchemaObserver)]
+    if observers:
+        parts = [None if isinstance(p, SchemaObserver) else p for p in parts]
+        folded = SchemaObserver.fold(observers).rows()
+        parts = [*parts, folded]
+    arrow: list[pa.Table] = []
+    rows: list[Mapping[str, Any]] = []
+    counted: list[tuple[int, Any, int]] = []
+    counts_rows = table.name == COUNTED_TABLE
+    for i, part in enumerate(parts):
+        if part is None or not len(part):
+            continue
+        if isinstance(part, pa.Table):
+            arrow.append(part)
+            if counts_rows:
+                counted.append((i, part.column("ContentId")[0].as_py(), part.num_rows))
+        else:
+            rows.extend(part)
+            if counts_rows:
+                counted.append((i, part[0]["ContentId"], len(part)))
+    if rows:
+        arrow.append(to_arrow(table, rows))
+    if not arrow:
+        return None, counted
+    return (pa.concat_tables(arrow) if len(arrow) > 1 else arrow[0]), counted
 
 
 def _insert(
@@ -364,12 +396,17 @@ Batcher = Callable[[duckdb.DuckDBPyConnection, list[Any]], list[Any]]
 
 @dataclass(slots=True)
 class _Op:
-    """One submitted operation: a function of the connection, or an item for a batcher."""
+    """One submitted operation: a function of the connection, or an item for a batcher.
+
+    A lingering operation (blob rows handed over by the collector) lets its commit wait for more
+    such operations, up to the lake's ``commit_records`` records or ``COMMIT_SECONDS``."""
 
     fn: Callable[[duckdb.DuckDBPyConnection], Any] | None
     batcher: Batcher | None
     item: Any
     future: asyncio.Future[Any]
+    records: int = 0
+    linger_until: float | None = None
 
 
 def _run_group(con: duckdb.DuckDBPyConnection, ops: Sequence[_Op]) -> list[Any]:
@@ -412,6 +449,14 @@ CHECKPOINT_THRESHOLD = "256MB"
 # Bytes, as DuckDB counts "512MB"; a statement writing a large value gets headroom above it (insert_blobs).
 MEMORY_LIMIT = 512 * 1000 * 1000
 
+# A commit of the collector's blobs waits for this many records, or this long after the first of
+# them was handed over, whichever comes first. Each commit and each statement costs milliseconds
+# whatever its size (measured: a keyed INSERT 10-20 ms, COMMIT ~5 ms, the ledger UPDATE ~5 ms), so
+# groups of ~500 records spent most of the time on those; 5,000 records amortise them, and a
+# quarter of a second is nothing next to the API's own delay of minutes.
+COMMIT_RECORDS = 5_000
+COMMIT_SECONDS = 0.25
+
 
 class LocalLake:
     """A DuckDB lake file; safe to share between coroutines of one process.
@@ -432,6 +477,12 @@ class LocalLake:
             raise FileNotFoundError(f"no lake at {self.path}")
         self._lock = threading.Lock()
         self._pending: list[_Op] = []
+        self._pending_records = 0
+        self.commit_records = COMMIT_RECORDS
+        """Records a lingering commit waits for (``submit_batched``); the collector sets its setting."""
+        # Resolved when the pending group reaches COMMIT_RECORDS while a commit lingers; made per
+        # wait, so a lake used from several event loops one after another never holds a stale one.
+        self._enough: asyncio.Future[None] | None = None
         self._running: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failed: LakeUnavailableError | None = None
@@ -470,6 +521,11 @@ class LocalLake:
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
         return self._con
+
+    @property
+    def memory_limit(self) -> int:
+        """The connection's memory limit, in bytes (``insert_blobs`` raises it for large values)."""
+        return self._memory_limit
 
     @property
     def failure(self) -> LakeUnavailableError | None:
@@ -515,18 +571,61 @@ class LocalLake:
         group costs one statement instead of one per item."""
         return await self._submit(_Op(None, batcher, item, asyncio.get_running_loop().create_future()))
 
+    def submit_batched(self, batcher: Batcher, item: Any, *, records: int) -> asyncio.Future[Any]:
+        """Hand *item* to *batcher* like :meth:`run_batched`, without waiting: the returned future
+        resolves once it is committed. Its commit lingers for more such items (``commit_records``
+        records in all, or ``COMMIT_SECONDS`` after the first), so the collector's blobs share
+        few, large commits. Raises the lake's failure at once if it has failed."""
+        if self._failed is not None:
+            raise self._failed
+        loop = asyncio.get_running_loop()
+        op = _Op(None, batcher, item, loop.create_future(), records, loop.time() + COMMIT_SECONDS)
+        self._enqueue(op)
+        return op.future
+
     async def _submit(self, op: _Op) -> Any:
         if self._failed is not None:
             raise self._failed
+        self._enqueue(op)
+        return await op.future
+
+    def _enqueue(self, op: _Op) -> None:
         self._pending.append(op)
+        self._pending_records += op.records
+        if self._pending_records >= self.commit_records and self._enough is not None and not self._enough.done():
+            self._enough.set_result(None)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
-        return await op.future
+
+    async def _linger(self) -> None:
+        """Wait, while the pending group holds lingering operations, for it to hold
+        ``commit_records`` records or for the first of them to have waited ``COMMIT_SECONDS``."""
+        deadline = min((op.linger_until for op in self._pending if op.linger_until is not None), default=None)
+        if deadline is None or self._pending_records >= self.commit_records:
+            return
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        self._enough = loop.create_future()
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._enough), remaining)
+        finally:
+            self._enough = None
 
     async def _flush(self) -> None:
         """Commit what is pending, group after group; every operation taken ends resolved."""
         while self._pending:
+            try:
+                await self._linger()
+            except asyncio.CancelledError:
+                for op in self._pending:
+                    op.future.cancel()
+                self._pending = []
+                raise
             batch, self._pending = self._pending, []
+            self._pending_records = 0
             self._running = batch
             try:
                 outcomes = await asyncio.to_thread(self._commit, batch)

@@ -6,7 +6,10 @@ consistent state: a blob is either ``listed`` (and re-driven) or settled.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import functools
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -14,16 +17,19 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from auditlake.lake.duckdb_lake import LocalLake, insert_tables, naive_utc
+from auditlake.lake.duckdb_lake import LocalLake, insert_blobs, insert_tables, naive_utc
 from function_app.core.model import (
     FAILURE_STATUSES,
     BlobStatus,
     Checkpoint,
     ContentBlob,
     RunStats,
+    WriteResult,
     first_error,
     utc,
 )
+from function_app.core.ports import Sink
+from function_app.lake.entra_schema import RAW_TABLE
 from function_app.lake.schema import CONTENT_LEDGER
 
 
@@ -88,11 +94,39 @@ def _rows_by_key(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str, str], d
     return {(r["TenantId"], r["ContentType"], r["ContentId"]): r for r in rows}
 
 
+@dataclass(frozen=True, slots=True)
+class _Ingested:
+    """One blob's rows (as Arrow) and what its ``ingested`` mark needs, waiting for a commit."""
+
+    blob: ContentBlob
+    tables: Mapping[str, Any]
+    clock: Callable[[], datetime]
+    records: int
+    size: int
+
+
+def _insert_ingested(con: duckdb.DuckDBPyConnection, items: list[_Ingested], *,
+                     memory_limit: int | None) -> list[WriteResult]:
+    """The rows of every blob of *items*, then their ``ingested`` marks, in the caller's transaction."""
+    results = insert_blobs(con, [i.tables for i in items], memory_limit=memory_limit)
+    marks = []
+    for item in items:
+        # Stamped now, inside the commit: IngestedAt says when the rows became queryable.
+        at = naive_utc(item.clock())
+        marks.append({"TenantId": item.blob.tenant_id, "ContentType": item.blob.content_type,
+                      "ContentId": item.blob.content_id, "Status": BlobStatus.INGESTED.value, "Error": None,
+                      "Records": item.records, "Bytes": item.size, "FetchedAt": at, "IngestedAt": at})
+    _apply_marks(con, marks)
+    return results
+
+
 class LocalStateStore:
     """StateStore over a LocalLake; one process writes a lake at a time (DuckDB's own lock)."""
 
     def __init__(self, lake: LocalLake) -> None:
         self._lake = lake
+        # One object for every submission: the lake batches the items of the same batcher.
+        self._ingest = functools.partial(_insert_ingested, memory_limit=lake.memory_limit)
 
     async def get_checkpoint(self, tenant_id: str, content_type: str) -> Checkpoint | None:
         def q(con: duckdb.DuckDBPyConnection) -> Checkpoint | None:
@@ -207,6 +241,31 @@ class LocalStateStore:
                 "FetchedAt": naive_utc(at), "IngestedAt": ingested_at}
         written: dict[str, Any] | None = await self._lake.run_batched(_apply_marks, mark)
         return written
+
+    def keeps_rows_of(self, sink: Sink) -> bool:
+        return sink is self._lake
+
+    async def submit_ingested(
+        self,
+        blob: ContentBlob,
+        tables: Mapping[str, Any],
+        *,
+        clock: Callable[[], datetime],
+        records: int,
+        size: int,
+    ) -> Awaitable[WriteResult]:
+        """Hand over *blob*'s rows with its ``ingested`` mark; the returned future resolves once
+        both are committed, in one transaction shared with other blobs (``LocalLake.submit_batched``).
+
+        Entra records go the way ``LocalLake.write_blob`` takes them (expanded), then marked."""
+        if RAW_TABLE in tables:
+            result = await self._lake.write_blob(blob, tables)
+            await self.mark(blob, BlobStatus.INGESTED, at=clock(), records=records, size=size)
+            done: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+            done.set_result(result)
+            return done
+        return self._lake.submit_batched(self._ingest, _Ingested(blob, tables, clock, records, size),
+                                         records=max(records, 1))
 
     async def record_run(self, run: RunStats) -> None:
         def q(con: duckdb.DuckDBPyConnection) -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from function_app.core.model import (
     BlobStatus,
@@ -81,6 +81,30 @@ class Sink(Protocol):
 
     async def write_blob(self, blob: ContentBlob, tables: Mapping[str, Sequence[Mapping[str, Any]]]) -> WriteResult:
         """Write the rows of one blob, table by table; re-writing the same rows adds nothing."""
+        ...
+
+
+@runtime_checkable
+class RowKeepingStateStore(Protocol):
+    """A state store kept in the same store as the rows (the local lake): a blob's rows and its
+    ``ingested`` mark are committed in one transaction, so neither can exist without the other,
+    and many blobs share a commit."""
+
+    def keeps_rows_of(self, sink: Sink) -> bool:
+        """True when *sink* writes into the store this ledger lives in."""
+        ...
+
+    async def submit_ingested(
+        self,
+        blob: ContentBlob,
+        tables: Mapping[str, Any],
+        *,
+        clock: Callable[[], datetime],
+        records: int,
+        size: int,
+    ) -> Awaitable[WriteResult]:
+        """Hand over *blob*'s rows with its ``ingested`` mark (stamped by *clock* at commit) and
+        return, without waiting for it, what resolves once both are committed together."""
         ...
 
 

@@ -19,7 +19,7 @@ from function_app.core.errors import (
     UntrustedMessageError,
 )
 from function_app.core.model import BlobStatus, ContentBlob, utc
-from function_app.core.ports import ActivityApi, Sink, StateStore
+from function_app.core.ports import ActivityApi, RowKeepingStateStore, Sink, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,17 @@ async def process_blob(
     state: StateStore,
     build_rows: RowBuilder,
     clock: Callable[[], datetime],
+    handed_over: Callable[[], None] | None = None,
 ) -> BlobOutcome:
     """Fetch, flatten and write *blob*; returns its terminal outcome, never raises for bad data.
 
     Only failures of the sink or the state store propagate (the blob stays ``listed`` and is
     re-driven), because those say nothing about the blob itself.
+
+    When *state* keeps the rows of *sink* (the local lake), the rows and the ``ingested`` mark are
+    handed over together and committed in one transaction with other blobs'; *handed_over* is
+    called as soon as they are handed over, before they are durable, so the caller can start the
+    next fetch while the commit gathers more blobs.
     """
     ctx = f"tenant_id={blob.tenant_id} content_type={blob.content_type} content_id={blob.content_id}"
     # No expiry check of our own before the fetch: contentExpiration may come from a message
@@ -70,10 +76,18 @@ async def process_blob(
     try:
         fetched_at = utc(clock())
         tables = build_rows(fetched.records, blob, fetched_at)
-        result = await sink.write_blob(blob, tables)
-        del tables
-        await state.mark(blob, BlobStatus.INGESTED, at=utc(clock()), records=len(fetched.records),
-                         size=fetched.size)
+        if isinstance(state, RowKeepingStateStore) and state.keeps_rows_of(sink):
+            durable = await state.submit_ingested(blob, tables, clock=lambda: utc(clock()),
+                                                  records=len(fetched.records), size=fetched.size)
+            del tables
+            if handed_over is not None:
+                handed_over()
+            result = await durable
+        else:
+            result = await sink.write_blob(blob, tables)
+            del tables
+            await state.mark(blob, BlobStatus.INGESTED, at=utc(clock()), records=len(fetched.records),
+                             size=fetched.size)
     finally:
         fetched.reservation.release()
     log.info("blob ingested %s records=%d inserted=%d duplicates=%d", ctx,

@@ -38,11 +38,11 @@ full.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from itertools import compress, repeat
 from operator import itemgetter
-from typing import Any
+from typing import Any, overload
 
 from function_app.records.flatten import ARRAY_FIELDS
 
@@ -148,10 +148,16 @@ _TOP: dict[tuple[Any, ...], _TopLevel] = {}
 _TOP_MAX = 20_000
 
 
-class SchemaObserver:
-    """Accumulates the field paths of the records of one batch; ``rows()`` gives the table rows."""
+class SchemaObserver(Sequence[dict[str, Any]]):
+    """Accumulates the field paths of the records of one batch; ``rows()`` gives the table rows.
 
-    __slots__ = ("_fallback", "_tallies")
+    An observer also reads as the sequence of its rows (made when first read), so it can stand
+    for them wherever a blob's table rows go, and a writer that commits many blobs at once can
+    ``fold`` their observers first: one row per (group, path, type) for the whole commit instead of
+    one per blob, which for blobs of a few dozen records was ten rows per record to build, convert
+    and merge."""
+
+    __slots__ = ("_fallback", "_rows", "_tallies")
 
     def __init__(self, fallback_time: datetime) -> None:
         """*fallback_time* stands in for the CreationTime of records that have none."""
@@ -159,6 +165,46 @@ class SchemaObserver:
         # id(known shape) -> [group, known shape, first seen, last seen, records]; the list holds
         # the shape, so the id cannot be reused while the observer lives.
         self._tallies: dict[int, list[Any]] = {}
+        self._rows: list[dict[str, Any]] | None = None
+
+    @classmethod
+    def fold(cls, observers: Iterable[SchemaObserver]) -> SchemaObserver:
+        """One observer holding what all of *observers* saw (earliest, latest, records summed)."""
+        observers = list(observers)
+        folded = cls(observers[0]._fallback if observers else datetime.min)
+        tallies = folded._tallies
+        for observer in observers:
+            for key, (group, known, first, last, count) in observer._tallies.items():
+                tally = tallies.get(key)
+                if tally is None:
+                    tallies[key] = [group, known, first, last, count]
+                    continue
+                if first < tally[2]:
+                    tally[2] = first
+                if last > tally[3]:
+                    tally[3] = last
+                tally[4] += count
+        return folded
+
+    def _materialised(self) -> list[dict[str, Any]]:
+        if self._rows is None:
+            self._rows = self.rows()
+        return self._rows
+
+    def __len__(self) -> int:
+        return len(self._materialised())
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | Sequence[dict[str, Any]]:
+        return self._materialised()[index]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self._materialised())
 
     def add(self, record: Any, row: dict[str, Any]) -> None:
         """Observe one record and its ``AuditRecord`` row; never raises on record content.
@@ -167,6 +213,7 @@ class SchemaObserver:
         """
         if type(record) is not dict:
             return
+        self._rows = None
         group = (row["Workload"] or "", row["RecordType"], row["Operation"])
         # The one pass calling type() per value is most of the cost of observing a record.
         types = tuple(map(type, record.values()))

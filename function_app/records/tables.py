@@ -30,12 +30,17 @@ log = logging.getLogger(__name__)
 
 
 def flatten_tables(
-    records: Iterable[Any], ctx: BlobContext, tables: Collection[str] = RECORD_TABLES
+    records: Iterable[Any], ctx: BlobContext, tables: Collection[str] = RECORD_TABLES, *,
+    observer: SchemaObserver | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """The rows of each table in *tables* (default: all of ``RECORD_TABLES``) for *records*.
 
     ``AuditRecord`` has one row per record, in order; every returned table is present, possibly
     empty. Never raises on record content. Raises ValueError for a name not in ``RECORD_TABLES``.
+
+    With *observer*, the records are observed into it and ``SchemaObservation`` is left to its
+    owner (not in the result): ``compose.build_rows`` hands the observer on, so a writer can fold
+    the observers of many blobs before making rows.
     """
     unknown = set(tables) - set(RECORD_TABLES)
     if unknown:
@@ -47,7 +52,9 @@ def flatten_tables(
     want_mail = "MailItemAccess" in tables
     want_directory = "DirectoryChange" in tables
     want_sign_in = "SignIn" in tables
-    observer = SchemaObserver(ctx.ingested_at) if "SchemaObservation" in tables else None
+    owned = observer is None
+    if observer is None and "SchemaObservation" in tables:
+        observer = SchemaObserver(ctx.ingested_at)
     for record in records:
         row = flatten_record(record, ctx)
         audit.append(row)
@@ -76,9 +83,9 @@ def flatten_tables(
         "MailItemAccess": mail,
         "DirectoryChange": directory,
         "SignIn": sign_in,
-        "SchemaObservation": observer.rows() if observer is not None else [],
+        "SchemaObservation": observer.rows() if observer is not None and owned else [],
     }
-    return {name: out[name] for name in RECORD_TABLES if name in tables}
+    return {name: out[name] for name in RECORD_TABLES if name in tables and (owned or name != "SchemaObservation")}
 
 
 Builder = Callable[[Any, dict[str, Any]], list[dict[str, Any]]]

@@ -67,6 +67,7 @@ NOT_DEPLOYED = {
     "AUDITLAKE_GRAPH_ROOT": "an override for the emulator's Graph; the cloud selects the real root",
     "AUDITLAKE_API_TOKEN": "a static bearer token for tests and the emulator",
     "AUDITLAKE_MAX_BLOB_BYTES": "follows from AUDITLAKE_MEMORY_BUDGET_MB, which Bicep sets from the instance size",
+    "AUDITLAKE_COMMIT_RECORDS": "the local lake's commit size; the Functions app writes to ADX",
     "ADX_ALLOW_INSECURE_HTTP": "a plain-http fake ADX gets no authentication: tests only, never in Azure",
     "AZURE_FEDERATED_TOKEN_FILE": "workload identity on Kubernetes, not on Functions",
     "AZURE_CLIENT_CERTIFICATE_PATH": "Flex Consumption cannot load certificates (WEBSITE_LOAD_CERTIFICATES)",

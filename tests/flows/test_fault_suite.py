@@ -187,11 +187,15 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "killed after enqueuing",
         "SIGKILL right after a window's blobs were recorded and queued (ledger status queued); then run again",
-        "", kills=(Kill(r"listed tenant_id=.* new=[1-9]", unsettled=("queued",)),)),
+        # Commits of 20 records: the kill lands between commits, not after one that holds everything.
+        "", env={"AUDITLAKE_COMMIT_RECORDS": "20"},
+        kills=(Kill(r"listed tenant_id=.* new=[1-9]", unsettled=("queued",)),)),
     Scenario(
         "killed mid-ingest",
         "SIGKILL after 40 blobs were ingested, the rest still queued; then run again",
-        "", kills=(Kill("blob ingested", count=40, unsettled=("queued",)),)),
+        # Two blobs at a time, committed 20 records at a time: the 40th blob is settled long before the last.
+        "", env={"AUDITLAKE_COMMIT_RECORDS": "20", "AUDITLAKE_CONCURRENCY": "2"},
+        kills=(Kill("blob ingested", count=40, unsettled=("queued",)),)),
     Scenario(
         "disk full",
         "the lake's disk fills up: collect stops at once, exit 1, one line saying the lake cannot be written; "

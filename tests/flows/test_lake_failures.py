@@ -162,8 +162,9 @@ def test_collect_on_a_full_disk_stops_with_one_line_and_a_rerun_after_freeing_sp
             started = datetime.now(UTC)
             argv = _namespaced([sys.executable, str(driver), str(disk), str(out), str(3 << 20),
                                 *_collect_cmd(emu.api_root, "{lake}")])
-            proc = await asyncio.to_thread(subprocess.run, argv, env=collect_env(), cwd=REPO, capture_output=True,
-                                           text=True, timeout=1200)
+            # Commits of 50 records, so the disk fills between two of them, not at the first.
+            proc = await asyncio.to_thread(subprocess.run, argv, env=collect_env(AUDITLAKE_COMMIT_RECORDS="50"),
+                                           cwd=REPO, capture_output=True, text=True, timeout=1200)
             assert proc.returncode == 0, f"the disk-full driver failed (mount namespace, tmpfs):\n{proc.stderr}"
             runs: list[dict[str, Any]] = json.loads((out / "runs.json").read_text())
             _assert_left_consistent(out / "run1" / "lake.duckdb", emu)
@@ -217,7 +218,8 @@ def test_a_lake_failing_mid_collect_stops_promptly_and_a_rerun_loses_and_duplica
     async def go() -> dict[str, float]:
         async with EmulatorServer(tenant_ids=[TENANT], seed=32, days=1, records_per_day=2000,
                                   scenario="quiet") as emu:
-            settings = Settings(api_root=emu.api_root, retry_base=0.01, retry_max=0.05, concurrency=concurrency)
+            settings = Settings(api_root=emu.api_root, retry_base=0.01, retry_max=0.05, concurrency=concurrency,
+                                commit_records=50)
             fetches = emu.state.stats.requests
             connections: list[_DiskFillsUp] = []
 

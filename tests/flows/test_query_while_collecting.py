@@ -117,7 +117,7 @@ def _latency_line(answers: list[Answer]) -> str:
 
 def test_endpoint_answers_during_a_backfill_and_sees_every_record_once(tmp_path: Path) -> None:
     lake = LocalLake(tmp_path / "lake.duckdb")
-    collector = Collector(lake, days=2, records_per_day=3000)
+    collector = Collector(lake, days=2, records_per_day=6000)
     answers: list[Answer] = []
     try:
         with LakeEndpoint(lake) as endpoint:
@@ -203,15 +203,16 @@ def test_endpoint_answers_during_a_backfill_and_sees_every_record_once(tmp_path:
 def collecting(emulator_factory: Callable[..., RunningEmulator], tmp_path: Path) -> Iterator[tuple[Path, str,
                                                                                                    subprocess.Popen[str]]]:
     """`auditlake collect --once` running in the background, serving its lake: (lake, url, process)."""
-    # Every answer held back 0.4 s: the backfill lasts long enough to be queried without keeping
-    # the CPU busy, so the CLI's own start-up is not what is measured.
+    # Every answer held back 0.4 s, two at a time: the backfill lasts long enough to be queried
+    # without keeping the CPU busy, so the CLI's own start-up is not what is measured.
     emu = emulator_factory("--tenant-id", TENANT, "--days", "1", "--records-per-day", "1500", "--scenario", "quiet",
                            "--seed", "29", "--faults", "slow=1:0.4")
     lake = tmp_path / "lake.duckdb"
     proc = subprocess.Popen(
         [AUDITLAKE, "collect", "--once", "--quiet", "--tenant-id", TENANT, "--api-root", emu.api_root,
          "--since", "1d", "--lake", str(lake)],
-        env=collect_env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        env=collect_env(AUDITLAKE_CONCURRENCY="2"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
     stderr: list[str] = []
     assert proc.stderr is not None
     reader = threading.Thread(target=lambda: stderr.extend(proc.stderr or ()), daemon=True)
