@@ -22,6 +22,12 @@ IngestionSourcePath names (see ``lake.adx.stream_name``):
 * a failure of a bookkeeping table (ContentLedger, CollectorRun) leaves the blob alone: its
   records are in; a retryable ContentLedger failure re-sends the ledger row.
 
+A blob's records arrive in one ingestion into the staging table ``AuditIngest``, which ADX's
+transactional update policies fan out (``lake.staging``): its failure, reported for the staging
+table or, from an update policy, for a target table with the staging ingestion's source id, is
+a failure of the blob's records, whatever the target (the bookkeeping rows it carried are lost
+with it; the mirror says so in its docstring).
+
 Nothing read is lost: a report that cannot be decoded, or names no blob of this app, is kept
 in the dead-letter container with one error line, then deleted; a report for another
 database is left in the queue for its owner; a report whose handling failed (Storage down)
@@ -47,6 +53,7 @@ from function_app.core.delivery import Runtime
 from function_app.core.model import BlobStatus, ContentBlob, utc
 from function_app.lake.adx import BlobKey, blob_key, source_id
 from function_app.lake.schema import COLLECTOR_RUN, CONTENT_LEDGER, TABLES_BY_NAME
+from function_app.lake.staging import STAGING_TABLE
 from function_app.logredact import redact
 
 log = logging.getLogger(__name__)
@@ -359,12 +366,18 @@ async def handle_report(rt: Runtime, report: Report) -> str:
     if key is None:
         return await _keep(rt, report, f"ADX failure report names no blob of this app: IngestionSourcePath "
                                        f"{redact(failure.source_path)[:500]}; {failure.reason}")
-    if failure.table not in TABLES_BY_NAME:
+    # The staging ingestion of the blob's records, reported for the staging table itself or, from
+    # one of its update policies, for a target table with the staging ingestion's source id.
+    staged = failure.table == STAGING_TABLE or (
+        failure.from_update_policy and failure.source_id is not None
+        and failure.source_id.lower() == str(source_id(key, STAGING_TABLE)))
+    if failure.table not in TABLES_BY_NAME and not staged:
         return await _keep(rt, report, f"ADX failure report for a table this app does not write: {failure.reason}")
-    if failure.source_id and failure.source_id.lower() != str(source_id(key, failure.table)):
+    expected = source_id(key, STAGING_TABLE if staged else failure.table)
+    if failure.source_id and failure.source_id.lower() != str(expected):
         return await _keep(rt, report, f"ADX failure report whose IngestionSourceId {failure.source_id} does not "
                                        f"match its blob; {failure.reason}")
-    if failure.table in BOOKKEEPING_TABLES:
+    if failure.table in BOOKKEEPING_TABLES and not staged:
         return await _bookkeeping(rt, key, failure)
     outcome = await _apply(rt, key, failure)
     if outcome == "unknown":

@@ -9,6 +9,25 @@ The rows are what the store says it wrote, never read back. A blob has several l
 ADX: its current status is the latest, ``arg_max(coalesce(IngestedAt, FetchedAt, ListedAt), *)``
 per blob. A mirror write that fails is logged and does not fail the blob: the rows are safe.
 
+The rows are batched, not ingested one by one (an ingestion costs the ingest SDK ~8.6 ms of CPU,
+as much as a whole blob's records): when the sink can defer rows (``AdxSink.defer``), each row
+waits in the sink and rides along with the next blob's staging ingestion (``lake.staging``:
+aside rows that ADX's update policies fan out into ContentLedger and CollectorRun), or, when no
+blob comes within ``MIRROR_MAX_DELAY_SECONDS`` (or ``MIRROR_MAX_ROWS`` are waiting), goes in a flush
+of its own; the sink's ``close`` flushes what waits. So under load the ledger mirror costs no
+ingestion at all, and when idle one per few seconds per instance.
+
+Why not carry a blob's own ``ingested`` row in its staging ingestion: that row is what the store
+wrote, and the store is written only after ADX accepted the rows (``core.process``), so it does
+not exist yet when the ingestion leaves; predicting it would duplicate the store's arithmetic
+(Attempts, FirstError) and would be wrong for a blob whose salvaged rows are written before it is
+settled ``failed``. The price of batching: a row can reach ADX up to the delay later (the ledger
+mirror is bookkeeping; LedgerHealth tolerates minutes), and a row is lost, logged by the sink,
+when its flush fails at ``close`` or the waiting rows pass ``MIRROR_MAX_PENDING``, or silently
+when the ingestion it rode on is accepted and later fails in the service (the failure watcher
+re-drives that blob; the next status change of the mirrored blob restates its whole row). The
+store, the collector's source of truth, is never affected.
+
 The Purview audit search's slices are mirrored the same way (ContentType ``Purview.Search``):
 listed, pointed at a query (``set_query``: ``queued`` with the query's URL), settled.
 """
@@ -59,12 +78,27 @@ class _SliceStore(Protocol):
     async def set_query(self, blob: ContentBlob) -> Mapping[str, Any] | None: ...
 
 
+class _Deferring(Protocol):
+    """A sink that batches bookkeeping rows (``AdxSink``)."""
+
+    def defer(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
+
+
 class AdxMirroredState:
-    """A state store that also ingests every ledger change and every run into *sink*."""
+    """A state store that also ingests every ledger change and every run into *sink*, batched
+    when the sink can defer rows (see the module docstring)."""
 
     def __init__(self, inner: ClaimingStateStore, sink: Sink) -> None:
         self._inner = inner
         self._sink = sink
+
+    async def _mirror(self, blob: ContentBlob, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Hand *rows* to the sink: deferred when it can (never fails), else one ingestion now."""
+        defer = getattr(self._sink, "defer", None)
+        if defer is not None:
+            cast(_Deferring, self._sink).defer(table, rows)
+            return
+        await self._sink.write_blob(blob, {table: rows})
 
     async def mark(
         self,
@@ -81,7 +115,7 @@ class AdxMirroredState:
             row = ledger_row(blob, dict(written) if written is not None else {
                 "Status": status.value, "Error": error, "Records": records, "Bytes": size, "FetchedAt": at,
                 "IngestedAt": at if status is BlobStatus.INGESTED else None})
-            await self._sink.write_blob(blob, {CONTENT_LEDGER.name: [row]})
+            await self._mirror(blob, CONTENT_LEDGER.name, [row])
         except Exception as exc:  # the store's row is written; ADX only lacks a copy
             log.error("ledger mirror failed tenant_id=%s content_type=%s content_id=%s error=%s",
                       blob.tenant_id, blob.content_type, blob.content_id, exc)
@@ -93,7 +127,7 @@ class AdxMirroredState:
         pseudo = ContentBlob(run.tenant_id, run.content_type, f"run:{run.run_id}", "", run.started_at,
                              run.started_at)
         try:
-            await self._sink.write_blob(pseudo, {COLLECTOR_RUN.name: [run_row(run)]})
+            await self._mirror(pseudo, COLLECTOR_RUN.name, [run_row(run)])
         except Exception as exc:
             log.error("run mirror failed tenant_id=%s content_type=%s run_id=%s error=%s",
                       run.tenant_id, run.content_type, run.run_id, exc)
@@ -112,7 +146,7 @@ class AdxMirroredState:
         written = await self._slices().set_query(blob)
         try:
             props = dict(written) if written is not None else {"Status": BlobStatus.QUEUED.value}
-            await self._sink.write_blob(blob, {CONTENT_LEDGER.name: [ledger_row(blob, props)]})
+            await self._mirror(blob, CONTENT_LEDGER.name, [ledger_row(blob, props)])
         except Exception as exc:  # the store's row is written; ADX only lacks a copy
             log.error("ledger mirror failed tenant_id=%s content_type=%s content_id=%s error=%s",
                       blob.tenant_id, blob.content_type, blob.content_id, exc)
@@ -135,7 +169,7 @@ class AdxMirroredState:
             rows = [ledger_row(b, {"Status": BlobStatus.LISTED.value, "ListedAt": listed_at, "Attempts": 0})
                     for b in new]
             try:
-                await self._sink.write_blob(pseudo, {CONTENT_LEDGER.name: rows})
+                await self._mirror(pseudo, CONTENT_LEDGER.name, rows)
             except Exception as exc:
                 log.error("ledger mirror of listed blobs failed tenant_id=%s content_type=%s blobs=%d error=%s",
                           first.tenant_id, first.content_type, len(new), exc)

@@ -6,8 +6,10 @@ and ``SchemaObservation`` reports the field instead, so ingestion cannot break o
 Everything ADX needs is rendered from here into ``infra/kql/`` (see ``ADX_SCRIPTS``), and
 deployed in the order tables, policies, views:
 
-* ``tables.kql``: ``.create-merge table`` and the JSON ingestion mapping of every ADX table;
-* ``policies.kql``: retention (``Table.retention_days``) and ingestion batching per table;
+* ``tables.kql``: ``.create-merge table`` and the JSON ingestion mapping of every ADX table, and
+  of the staging table ``AuditIngest`` (``lake.staging``) that the collector's rows arrive in;
+* ``policies.kql``: retention (``Table.retention_days``) and ingestion batching per table, and the
+  update policies that fan ``AuditIngest`` out into the tables (one rendered function per table);
 * ``views.kql``: the materialized views. A table with a ``dedup_lookback_days`` gets
   ``<Table>Dedup`` (``take_any(*)`` by its key); a table whose columns carry a ``merge`` rule
   gets ``<Table>Summary`` (the rule's aggregate by its key). The local lake applies the same
@@ -70,8 +72,9 @@ class IngestionBatching:
     """ADX ingestion batching policy: a batch is sealed at whichever limit comes first.
 
     The service default is 5 minutes; audit data is wanted within a minute of arriving, and
-    the collector hands over one small ingestion per table per blob, so time is the limit
-    that matters. 10 seconds is the minimum the service accepts.
+    the collector hands over one small ingestion per blob (into the staging table, see
+    ``lake.staging``), so time is the limit that matters. 10 seconds is the minimum the
+    service accepts.
     """
 
     max_seconds: int = 30
@@ -598,18 +601,27 @@ def adx_view(table: Table) -> list[str]:
 
 
 def render_adx() -> str:
-    """``infra/kql/tables.kql``: every ADX table and its JSON ingestion mapping."""
+    """``infra/kql/tables.kql``: every ADX table and its JSON ingestion mapping, then the staging
+    table ``AuditIngest`` the collector ingests into (``lake.staging``; ADX only, not in ``TABLES``)."""
+    from function_app.lake.staging import render_staging_tables
+
     parts = []
     for table in adx_tables():
         parts += [adx_create_table(table), adx_json_mapping(table)]
+    parts += render_staging_tables()
     return "\n\n".join(parts) + "\n"
 
 
 def render_adx_policies() -> str:
-    """``infra/kql/policies.kql``: retention and ingestion batching of every ADX table."""
+    """``infra/kql/policies.kql``: retention and ingestion batching of every ADX table, then the
+    staging table's and its fan-out: one function per target table and its transactional update
+    policy (``lake.staging``)."""
+    from function_app.lake.staging import render_staging_policies
+
     parts = []
     for table in adx_tables():
         parts += [adx_retention(table), adx_batching(table)]
+    parts += render_staging_policies()
     return "\n\n".join(parts) + "\n"
 
 

@@ -5,6 +5,14 @@ It answers the two management commands ``QueuedIngestClient`` sends
 Azurite, so the real SDK uploads its blob and posts its queue message there;
 ``read_ingestions`` then pops those messages and reads the blobs back as rows.
 
+Ingestions into the staging table ``AuditIngest`` are fanned out as ADX's update policies would:
+the bodies of the rendered functions ``AuditIngestExpand_<Table>()`` (``function_app.lake.staging``,
+the text deployed by ``infra/kql/policies.kql``) are translated by duckdb-kql and run over the
+staging rows loaded into DuckDB with the staging table's column types, so the tests exercise the
+policy text itself. ``read_ingestions`` returns each staging ingestion as one ``Ingestion`` per
+target table that got rows (``table`` is the target; ``staged`` says it came from the staging
+table); ``raw_ingestions`` keeps every ingestion the client made, unexpanded, to count them.
+
 ``report_failure`` plays the service failing an ingestion after it accepted it: it posts a
 failure report onto the failed-ingestions status queue the way the data-management service
 does (base64 of a JSON object with OperationId, Database, Table, FailedOn, IngestionSourceId,
@@ -16,6 +24,7 @@ and the app's watcher read it.
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import json
 import threading
@@ -26,11 +35,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
+import orjson
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.data.tables import TableSasPermissions, TableServiceClient, generate_table_sas
 from azure.storage.blob import BlobClient, BlobServiceClient, ContainerSasPermissions, generate_container_sas
 from azure.storage.queue import QueueClient, QueueSasPermissions, QueueServiceClient, generate_queue_sas
 
+from function_app.lake.schema import TABLES_BY_NAME, Kind, Table
+from function_app.lake.staging import DERIVED_COLUMN, STAGING_TABLE, TARGET_TABLES, expansion_body, staging_table
 from tests.azurite import Azurite
 
 IDENTITY_TOKEN = "FAKE-IDENTITY-TOKEN"
@@ -48,6 +60,8 @@ class Ingestion:
     message: dict[str, Any]
     rows: list[dict[str, Any]]
     blob_name: str
+    target: str | None = None
+    """The table an update policy filled from this staging ingestion (None: ingested directly)."""
 
     @property
     def database(self) -> str:
@@ -55,7 +69,17 @@ class Ingestion:
 
     @property
     def table(self) -> str:
+        """The table the rows are in: the policy's target for a fanned-out staging ingestion."""
+        return self.target or self.ingested_table
+
+    @property
+    def ingested_table(self) -> str:
+        """The table the client ingested into (``AuditIngest`` for a staging ingestion)."""
         return str(self.message["TableName"])
+
+    @property
+    def staged(self) -> bool:
+        return self.target is not None
 
     @property
     def additional_properties(self) -> dict[str, Any]:
@@ -96,6 +120,8 @@ class FakeAdx:
     azurite: Azurite
     requests: list[MgmtRequest] = field(default_factory=list)
     streamed: list[StreamedIngestion] = field(default_factory=list)
+    raw_ingestions: list[Ingestion] = field(default_factory=list)
+    """Every queued ingestion read so far, as the client made it (a staging one not fanned out)."""
     _server: ThreadingHTTPServer | None = None
     _resources: list[list[str]] = field(default_factory=list)
 
@@ -223,7 +249,9 @@ class FakeAdx:
         report: dict[str, Any] = {
             "OperationId": str(uuid.uuid4()),
             "Database": ingestion.database,
-            "Table": ingestion.table,
+            # The ingestion the service fails is the client's (for a fanned-out one, the staging
+            # ingestion: a transactional update policy fails its source ingestion).
+            "Table": ingestion.ingested_table,
             "FailedOn": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             "IngestionSourceId": ingestion.source_id,
             "IngestionSourcePath": source_path if source_path is not None else ingestion.blob_url,
@@ -251,8 +279,17 @@ class FakeAdx:
     def commands(self) -> list[str]:
         return [r.csl for r in self.requests]
 
-    def read_ingestions(self) -> list[Ingestion]:
-        """Pop every message the client queued, in order, with the rows of its blob."""
+    def read_ingestions(self, *, expand: bool = True) -> list[Ingestion]:
+        """Pop every message the client queued, in order, with the rows of its blob; a staging
+        ingestion fanned out by the update policies (see the module docstring) unless not *expand*.
+        Every ingestion read is also kept in ``raw_ingestions``."""
+        raw = self._pop_ingestions()
+        self.raw_ingestions.extend(raw)
+        if not expand:
+            return raw
+        return [out for ingestion in raw for out in fan_out(ingestion)]
+
+    def _pop_ingestions(self) -> list[Ingestion]:
         queue = QueueServiceClient.from_connection_string(self.azurite.connection_string).get_queue_client(
             READY_QUEUE)
         found: list[Ingestion] = []
@@ -270,6 +307,105 @@ class FakeAdx:
                 found.append(Ingestion(message, rows, str(blob.blob_name)))
                 queue.delete_message(msg)
         return found
+
+
+# ---------------------------------------------------------------------------------------------
+# The update policies of the staging table, run by duckdb-kql
+
+
+_DUCKDB_TYPES = {Kind.STRING: "VARCHAR", Kind.INT: "INTEGER", Kind.LONG: "BIGINT", Kind.REAL: "DOUBLE",
+                 Kind.BOOL: "BOOLEAN", Kind.DATETIME: "TIMESTAMP", Kind.DYNAMIC: "JSON"}
+_DATETIME_JSON = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+
+
+@functools.cache
+def policy_sql(table: str) -> str:
+    """DuckDB SQL of ``AuditIngestExpand_<table>()``'s body (the rendered KQL) over ``AuditIngest``."""
+    import duckdb_kql
+
+    sql = duckdb_kql.to_sql(expansion_body(table), schema={STAGING_TABLE: list(staging_table().column_names)})
+    if sql.parameters:
+        raise RuntimeError(f"duckdb-kql translated the {table} fan-out with parameters {sorted(sql.parameters)}")
+    return str(sql)
+
+
+def _load_column(kind: Kind, name: str) -> str:
+    """SQL reading column *name* of the registered text table as the mapping would ingest it."""
+    col = f'"{name}"'
+    if kind is Kind.STRING:
+        return f"{col} ->> '$'"
+    if kind is Kind.DATETIME:
+        return f"CAST(CAST({col} ->> '$' AS TIMESTAMPTZ) AT TIME ZONE 'UTC' AS TIMESTAMP)"
+    if kind is Kind.DYNAMIC:
+        return col
+    return f"CAST({col} AS {_DUCKDB_TYPES[kind]})"
+
+
+def _json_cell(kind: Kind, value: Any) -> Any:
+    """A DuckDB result cell as it reads back from ADX in JSON (datetimes ISO 8601 UTC with Z)."""
+    if value is None:
+        return None
+    if kind is Kind.DATETIME and isinstance(value, datetime):
+        return json.loads(orjson.dumps(value, option=_DATETIME_JSON))
+    if kind is Kind.DYNAMIC and isinstance(value, str):
+        return json.loads(value)
+    return value
+
+
+def apply_policies(
+    rows: list[dict[str, Any]], tables: tuple[str, ...] = TARGET_TABLES
+) -> dict[str, list[dict[str, Any]]]:
+    """The rows each update policy makes of the staging *rows* (JSON objects as ingested): every
+    table of *tables* named, in the order its function yields them."""
+    import duckdb
+    import pyarrow as pa
+
+    staging = staging_table()
+    present = {name for r in rows if isinstance(r.get(DERIVED_COLUMN), dict) for name in r[DERIVED_COLUMN]}
+    out: dict[str, list[dict[str, Any]]] = {name: [] for name in tables}
+    if not rows:
+        return out
+    con = duckdb.connect()
+    try:
+        texts = {c.name: pa.array([None if r.get(c.name) is None else orjson.dumps(r[c.name]).decode()
+                                   for r in rows], type=pa.string()) for c in staging.columns}
+        con.register("_staged", pa.table(texts))
+        select = ", ".join(f'{_load_column(c.kind, c.name)} AS "{c.name}"' for c in staging.columns)
+        casts = ", ".join(f'CAST("{c.name}" AS JSON) AS "{c.name}"' if c.kind in (Kind.STRING, Kind.DATETIME,
+                          Kind.DYNAMIC) else f'"{c.name}"' for c in staging.columns)
+        con.execute(f'CREATE TEMP TABLE "{STAGING_TABLE}" AS SELECT {select} FROM (SELECT {casts} FROM _staged)')
+        for name in tables:
+            if name != "AuditRecord" and name not in present:
+                continue
+            target: Table = TABLES_BY_NAME[name]
+            result = con.execute(policy_sql(name))
+            columns = [d[0] for d in result.description]
+            assert columns == list(target.column_names), (name, columns)
+            kinds = [c.kind for c in target.columns]
+            out[name] = [{c: _json_cell(k, v) for c, k, v in zip(columns, kinds, values, strict=True)}
+                         for values in result.fetchall()]
+    finally:
+        con.close()
+    return out
+
+
+def fan_out(ingestion: Ingestion) -> list[Ingestion]:
+    """*ingestion* as the tables hold it after the update policies: a staging ingestion becomes one
+    ingestion per target table that got rows; any other is itself."""
+    if ingestion.ingested_table != STAGING_TABLE:
+        return [ingestion]
+    return [Ingestion(ingestion.message, rows, ingestion.blob_name, target=name)
+            for name, rows in apply_policies(ingestion.rows).items() if rows]
+
+
+def dedup_view(table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``<table>Dedup`` over *rows*: ``summarize take_any(*) by <key>`` (views.kql), one row per key
+    (the first; take_any may keep any). Python, not duckdb-kql, which has no ``take_any(*)``."""
+    key = TABLES_BY_NAME[table].key
+    seen: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        seen.setdefault(tuple(json.dumps(row[k], sort_keys=True) for k in key), row)
+    return list(seen.values())
 
 
 def _v1_table(columns: list[str], rows: list[list[Any]]) -> dict[str, Any]:

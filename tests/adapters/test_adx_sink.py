@@ -27,7 +27,8 @@ from function_app.lake.schema import (
     adx_json_mapping,
     json_mapping_name,
 )
-from tests.adapters.fake_adx import IDENTITY_TOKEN, FakeAdx, Ingestion
+from function_app.lake.staging import STAGING_TABLE, staging_table
+from tests.adapters.fake_adx import IDENTITY_TOKEN, FakeAdx, Ingestion, fan_out
 from tests.azurite import Azurite
 
 DB = "auditlake"
@@ -141,7 +142,7 @@ def mapping_paths(table: Table) -> dict[str, str]:
     return {e["column"]: e["Properties"]["Path"] for e in json.loads(m.group(3))}
 
 
-def test_rows_arrive_in_adx_shape_with_the_tables_mapping(drained: FakeAdx) -> None:
+def test_rows_arrive_in_adx_shape_in_one_staging_ingestion_with_its_mapping(drained: FakeAdx) -> None:
     client = Recording(QueuedIngestClient(KustoConnectionStringBuilder.with_no_authentication(drained.uri)))
     sink = AdxSink(client, DB)
     rows = [audit_row(1), audit_row(2)]
@@ -150,24 +151,34 @@ def test_rows_arrive_in_adx_shape_with_the_tables_mapping(drained: FakeAdx) -> N
     sink.close()
     assert (result.inserted, result.duplicates) == (3, 0)
 
-    got = by_table(drained.read_ingestions())
-    assert set(got) == {"AuditRecord", "ContentLedger"}  # an empty table is not ingested
+    # The record rows and the bookkeeping row travel in ONE ingestion into the staging table.
+    [raw] = drained.read_ingestions(expand=False)
+    staging = staging_table()
+    assert raw.table == STAGING_TABLE == "AuditIngest"
+    assert raw.database == DB
+    props = raw.additional_properties
+    assert props["format"] == "json"
+    assert props["ingestionMappingReference"] == json_mapping_name(staging) == "AuditIngest_json"
+    assert props["ingestionMappingType"] == "Json"
+    assert props["authorizationContext"] == IDENTITY_TOKEN
+    assert "tags" not in props and "ingestIfNotExists" not in props
+    assert raw.source_id == str(source_id(BLOB, STAGING_TABLE))
+    assert raw.blob_name.startswith(f"{DB}__{STAGING_TABLE}__{raw.source_id}__")
+    assert raw.blob_name.endswith(".json.gz")
+    assert raw.message["RawDataSize"] > 0
+    # The mapping the reference names takes every column from the same-named field.
+    assert mapping_paths(staging) == {c: f"$.{c}" for c in staging.column_names}
+    for row in raw.rows:
+        assert list(row) == list(staging.column_names)
+    # Two record rows, then one aside row (Id empty) carrying the ledger row.
+    assert [r["Id"] for r in raw.rows] == ["id-1", "id-2", ""]
+    assert raw.rows[0]["Derived"] is None
+    assert raw.rows[2]["Derived"]["ContentLedger"][0]["ContentId"] == BLOB.content_id
+
+    got = by_table(fan_out(raw))
+    assert set(got) == {"AuditRecord", "ContentLedger"}  # an empty table gets nothing
     for table in (AUDIT_RECORD, CONTENT_LEDGER):
-        ingestion = got[table.name]
-        assert ingestion.database == DB
-        props = ingestion.additional_properties
-        assert props["format"] == "json"
-        assert props["ingestionMappingReference"] == json_mapping_name(table) == f"{table.name}_json"
-        assert props["ingestionMappingType"] == "Json"
-        assert props["authorizationContext"] == IDENTITY_TOKEN
-        assert "tags" not in props and "ingestIfNotExists" not in props
-        assert ingestion.source_id == str(source_id(BLOB, table.name))
-        assert ingestion.blob_name.startswith(f"{DB}__{table.name}__{ingestion.source_id}__")
-        assert ingestion.blob_name.endswith(".json.gz")
-        assert ingestion.message["RawDataSize"] > 0
-        # The mapping the reference names takes every column from the same-named field.
-        assert mapping_paths(table) == {c: f"$.{c}" for c in table.column_names}
-        for row in ingestion.rows:
+        for row in got[table.name].rows:
             assert_valid(table, row)
 
     audit = got["AuditRecord"].rows
@@ -188,13 +199,33 @@ def test_rows_arrive_in_adx_shape_with_the_tables_mapping(drained: FakeAdx) -> N
     for name, value in sent_ledger.items():
         if isinstance(value, datetime):
             assert parse_dt(ledger[0][name]) == value
+        elif value is None and CONTENT_LEDGER.column(name).kind is Kind.STRING:
+            assert ledger[0][name] == ""  # tostring(): ADX keeps no null string
         else:
             assert ledger[0][name] == value
 
+    assert len(client.calls) == 1
+    assert drained.commands().count(".get kusto identity token") >= 1
+
+
+def test_bookkeeping_rows_alone_and_other_tables_get_their_own_ingestions(drained: FakeAdx) -> None:
+    client = Recording(QueuedIngestClient(KustoConnectionStringBuilder.with_no_authentication(drained.uri)))
+    sink = AdxSink(client, DB)
+    asyncio.run(sink.write_blob(BLOB, {"ContentLedger": [ledger_row()],
+                                       "CollectorRun": [{"RunId": "r", "TenantId": TENANT, "Errors": []}]}))
+    sink.close()
+    got = by_table(drained.read_ingestions(expand=False))
+    assert set(got) == {"ContentLedger", "CollectorRun"}
+    for table in (CONTENT_LEDGER, COLLECTOR_RUN):
+        ingestion = got[table.name]
+        assert ingestion.additional_properties["ingestionMappingReference"] == json_mapping_name(table)
+        assert ingestion.source_id == str(source_id(BLOB, table.name))
+        assert mapping_paths(table) == {c: f"$.{c}" for c in table.column_names}
+        for row in ingestion.rows:
+            assert_valid(table, row)
     # The SDK writes into additional_properties: each call must have had its own dict.
     dicts = [p.additional_properties for _, p in client.calls]
     assert len(dicts) == 2 and dicts[0] is not dicts[1]
-    assert drained.commands().count(".get kusto identity token") >= 1
 
 
 def test_source_id_is_deterministic_per_blob_and_table(drained: FakeAdx) -> None:
@@ -204,12 +235,12 @@ def test_source_id_is_deterministic_per_blob_and_table(drained: FakeAdx) -> None
     other = ContentBlob(TENANT, BLOB.content_type, "other", BLOB.content_uri, CREATED, BLOB.content_expiration)
     asyncio.run(sink.write_blob(other, {"AuditRecord": [audit_row(1)]}))
     sink.close()
-    got = drained.read_ingestions()
+    got = drained.read_ingestions(expand=False)
     ids = [i.source_id for i in got]
     # A retry of the same blob is a new temp blob (no BlobAlreadyExists) with the same source id.
     assert got[0].blob_name != got[1].blob_name
-    assert ids[0] == ids[1] == str(source_id(BLOB, "AuditRecord"))
-    assert ids[2] == str(source_id(other, "AuditRecord")) != ids[0]
+    assert ids[0] == ids[1] == str(source_id(BLOB, STAGING_TABLE))
+    assert ids[2] == str(source_id(other, STAGING_TABLE)) != ids[0]
     assert source_id(BLOB, "AuditRecord") != source_id(BLOB, "ContentLedger")
     assert uuid.UUID(ids[0]).version == 5
 
@@ -246,10 +277,10 @@ def test_sdk_failure_is_raised_as_adx_ingest_error_naming_table_and_blob() -> No
     with pytest.raises(AdxIngestError) as info:
         asyncio.run(sink.write_blob(BLOB, {"AuditRecord": [audit_row(1)]}))
     sink.close()
-    assert info.value.table == "AuditRecord"
+    assert info.value.table == STAGING_TABLE
     assert info.value.content_id == BLOB.content_id
     assert info.value.cause is not None
-    assert "AuditRecord" in str(info.value) and BLOB.content_id in str(info.value)
+    assert STAGING_TABLE in str(info.value) and BLOB.content_id in str(info.value)
 
 
 def test_a_table_outside_the_adx_schema_is_refused(drained: FakeAdx) -> None:

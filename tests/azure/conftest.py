@@ -48,6 +48,18 @@ def indexed_functions() -> list[Any]:
     return list(_indexed)
 
 
+async def flush_mirror() -> int:
+    """Ingest the ledger mirror rows the running loop's sink holds back (``AdxSink.defer``: they
+    ride on the next blob's ingestion, or go within seconds, or at close); a test reading ADX's
+    ledger mid-run calls this first. Returns the rows flushed."""
+    from function_app.azure.deps import runtime
+    from function_app.lake.adx import AdxSink
+
+    sink = (await runtime()).sink
+    assert isinstance(sink, AdxSink)
+    return await sink.flush()
+
+
 @pytest.fixture(scope="module")
 def fake_adx(azurite: Azurite) -> Iterator[FakeAdx]:
     adx = FakeAdx(azurite).start()
@@ -112,6 +124,7 @@ def harness(azurite: Azurite, fake_adx: FakeAdx, monkeypatch: pytest.MonkeyPatch
         AUDITLAKE_SAFETY_LAG_SECONDS="0",
     )
     fake_adx.read_ingestions()  # what earlier tests left behind
+    fake_adx.raw_ingestions.clear()
     yield h
     reset_app_settings()
 

@@ -14,7 +14,7 @@ from azure.functions.timer import TimerRequest
 
 from auditlake.emulator.server import EmulatorServer
 from function_app.azure.deps import close_runtime
-from tests.azure.conftest import FunctionsHost, Harness
+from tests.azure.conftest import FunctionsHost, Harness, flush_mirror
 
 TENANT = "8e1d2c3b-4a5f-4e6d-8c7b-9a0f1e2d3c4b"
 
@@ -35,8 +35,10 @@ async def _poll(h: Harness) -> None:
         host = FunctionsHost(h)
         try:
             await host.functions["entra_poll"](TimerRequest())
+            await flush_mirror()
             first = h.adx.read_ingestions()
             await host.functions["entra_poll"](TimerRequest())
+            await flush_mirror()
             second = h.adx.read_ingestions()
         finally:
             await close_runtime()

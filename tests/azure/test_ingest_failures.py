@@ -24,11 +24,12 @@ from function_app.core.messages import decode_message
 from function_app.core.model import ContentBlob
 from function_app.lake.adx import MAX_BLOB_NAME_CHARS, BlobKey, blob_key, source_id, stream_name
 from tests.adapters.fake_adx import FAILED_QUEUE, Ingestion
-from tests.azure.conftest import DATABASE, FunctionsHost, Harness
+from tests.azure.conftest import DATABASE, FunctionsHost, Harness, flush_mirror
 
 TENANT = "5d4c3b2a-1f0e-4d9c-8b7a-695847362514"
 SECRET = "c2VjcmV0LXNpZ25hdHVyZQ%3D%3D"
-REASON_START = "ADX ingestion into AuditRecord failed after it was accepted: "
+# A blob's records are one ingestion into the staging table; its failure names that table.
+REASON_START = "ADX ingestion into AuditIngest failed after it was accepted: "
 
 
 def _key(ingestion: Ingestion) -> BlobKey:
@@ -56,6 +57,7 @@ async def _collected(h: Harness, emu: EmulatorServer) -> tuple[FunctionsHost, di
     host = FunctionsHost(h)
     await host.timer()
     await host.drain()
+    await flush_mirror()
     audit = _audit_ingestions(h.adx.read_ingestions())
     assert len(audit) >= 2, "the emulator should have produced a few blobs with records"
     ledger = h.ledger()
@@ -118,6 +120,7 @@ def test_a_transient_failure_after_acceptance_re_enqueues_the_blob_which_is_inge
                 assert row["Error"].endswith("re-enqueued for another attempt")
                 assert harness.adx.failure_messages() == []
                 # Every status change reaches ADX's ledger (issue 11), so LedgerHealth there sees it waiting.
+                await flush_mirror()
                 assert [r["Status"] for r in _ledger_mirror(harness.adx.read_ingestions(), content_id)] == ["queued"]
                 # A second report for the blob while it waits (another table, a redelivered
                 # report) does not enqueue it twice.

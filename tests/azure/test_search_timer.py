@@ -26,7 +26,7 @@ from auditlake.emulator.server import EmulatorServer
 from function_app.azure.deps import close_runtime
 from function_app.purview.backfill import SEARCH_CONTENT_TYPE, BackfillOptions
 from function_app.purview.slices import DAY, SlicingRules, day_floor, iso_second
-from tests.azure.conftest import FunctionsHost, Harness
+from tests.azure.conftest import FunctionsHost, Harness, flush_mirror
 
 TENANT = "7e1d2c3b-4a5f-4e6d-8c7b-9a0f1e2d3c4b"
 Key = tuple[str, int, str]
@@ -83,8 +83,10 @@ async def _backfill(h: Harness) -> None:
         try:
             await _invoke(host)
             first_queries = emu.state.search.stats.queries
+            await flush_mirror()
             first = h.adx.read_ingestions()
             await _invoke(host)
+            await flush_mirror()
             second = h.adx.read_ingestions()
         finally:
             await close_runtime()

@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from function_app.lake.entra_schema import ENTRA_TABLE_NAMES, expansion_function, raw_table
-from function_app.lake.schema import Column, Kind, Table, adx_tables
+from function_app.lake.schema import TABLES_BY_NAME, Column, Kind, Table, adx_tables
+from function_app.lake.staging import STAGING_TABLE, TARGET_TABLES, staging_table
+from function_app.lake.staging import expansion_function as staged_expansion
 
 REPO = Path(__file__).resolve().parents[2]
 KQL = REPO / "infra" / "kql"
@@ -51,8 +53,9 @@ def view_columns(table: Table) -> list[Column]:
 
 
 def described_tables() -> tuple[Table, ...]:
-    """Every ADX table: those of ``TABLES``, then the ADX-only Entra raw table (entra.kql creates it)."""
-    return (*adx_tables(), raw_table())
+    """Every ADX table: those of ``TABLES``, then the ADX-only Entra raw table (entra.kql creates it)
+    and the ADX-only staging table (tables.kql creates it, policies.kql fans it out)."""
+    return (*adx_tables(), raw_table(), staging_table())
 
 
 def schema_description(extra_views: tuple[tuple[str, Table], ...] = ()) -> dict[str, Any]:
@@ -172,7 +175,8 @@ def test_the_check_reports_a_syntax_error_and_an_unknown_column(tmp_path: Path) 
 
 def test_the_description_covers_every_adx_table_and_view() -> None:
     described = schema_description()
-    assert [t["name"] for t in described["tables"]] == [t.name for t in adx_tables()] + ["EntraActivityRaw"]
+    assert [t["name"] for t in described["tables"]] == [t.name for t in adx_tables()] + ["EntraActivityRaw",
+                                                                                           "AuditIngest"]
     views = {v["name"]: [c["name"] for c in v["columns"]] for v in described["materializedViews"]}
     assert set(views) == {"AuditRecordDedup", "MailItemAccessDedup", "DirectoryChangeDedup", "SignInDedup",
                           "SchemaObservationSummary", "SigninLogsDedup", "AADNonInteractiveUserSignInLogsDedup",
@@ -203,3 +207,30 @@ def test_each_entra_expansion_yields_exactly_its_tables_columns(tmp_path: Path) 
     report = run_check(tmp_path, [KQL / "entra.kql", probe], tuple(
         (f"Probe{t.name}", changed if t is wrong else t) for t in tables))
     assert [e["code"] for e in errors_by_file(report)["entra_probe.kql"]] == ["AL-VIEW-SCHEMA"]
+
+
+def _staging_probe(path: Path, tables: list[Table]) -> None:
+    path.write_text("\n\n".join(
+        f".create-or-alter materialized-view Probe{t.name} on table {STAGING_TABLE}\n"
+        f"{{\n    {staged_expansion(t.name)}()\n    | summarize take_any(*) by {', '.join(t.column_names[:2])}\n}}"
+        for t in tables) + "\n", encoding="utf-8")
+
+
+def test_each_staging_fan_out_yields_exactly_its_tables_columns(tmp_path: Path) -> None:
+    """Each update policy from AuditIngest (policies.kql) must yield its target's columns and types:
+    checked, as the Entra expansions are, through a throw-away view over each function declared
+    with the target's columns. The summarize keeps every column (take_any(*)); its key is any two."""
+    tables = [TABLES_BY_NAME[name] for name in TARGET_TABLES]
+    assert {"AuditRecord", "MailItemAccess", "DirectoryChange", "SignIn", "SchemaObservation"} <= set(TARGET_TABLES)
+    probe = tmp_path / "staging_probe.kql"
+    _staging_probe(probe, tables)
+    report = run_check(tmp_path, [KQL / "policies.kql", probe], tuple((f"Probe{t.name}", t) for t in tables))
+    errors = describe(report)
+    assert not errors, "\n".join(errors)
+    # A target whose column the fan-out would type differently is reported.
+    wrong = TABLES_BY_NAME["MailItemAccess"]
+    changed = Table(wrong.name, tuple(Column(c.name, Kind.STRING if c.name == "SizeInBytes" else c.kind)
+                                      for c in wrong.columns), wrong.key)
+    report = run_check(tmp_path, [KQL / "policies.kql", probe], tuple(
+        (f"Probe{t.name}", changed if t is wrong else t) for t in tables))
+    assert [e["code"] for e in errors_by_file(report)["staging_probe.kql"]] == ["AL-VIEW-SCHEMA"]

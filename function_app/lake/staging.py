@@ -1,0 +1,247 @@
+"""``AuditIngest``: the ADX staging table every blob's rows arrive in, fanned out by update policies.
+
+The Azure path hands ADX one ingestion per blob (``AdxSink.write_blob``) instead of one per
+table: the ingest SDK spends ~8.6 ms of client CPU per ingestion, whatever its size, so the
+per-table ingestions cost ~1,000 µs per record. ADX then builds the tables from the staging
+rows with transactional update policies, one KQL function per target table, rendered here from
+the one schema definition (``Table.columns``): a column added to a table is in its function.
+
+One staging row per audit record holds that record's ``AuditRecord`` columns (the raw record
+whole in ``AuditData``) plus ``Derived``: the record's rows of the derived tables, matched by
+``RecordId``, as ``{"MailItemAccess": [row, ...], "DirectoryChange": [...], "SignIn": [...]}``
+(a table without rows is left out; most records have none, so ``Derived`` is absent). Rows that
+belong to no single record ride in "aside" rows (``Id`` empty, the blob's TenantId, ContentType
+and ContentId set): the blob's ``SchemaObservation`` rows, the ledger mirror's ``ContentLedger``
+and ``CollectorRun`` rows (``function_app.azure.mirror``), and derived rows too large to go
+inline. ``AuditRecord`` takes the rows with an ``Id``; each other table ``mv-expand``s its part of
+``Derived`` and converts every column to its type.
+
+Each ``Derived`` cell is kept under ``CELL_BUDGET`` bytes of JSON (ADX refuses a dynamic value
+over 1 MB by default, and a large one is slow to expand): a record whose derived rows would
+exceed it sends them in aside rows instead, and aside rows are cut into chunks of at most the
+budget (a single row over it, which no builder makes, travels alone).
+
+The staging table keeps nothing (soft delete 0, so the policies are transactional: a row the
+fan-out fails on fails the whole ingestion, reported on the failed-ingestions queue under the
+blob's stream name; ``function_app.azure.ingest_failures`` settles the blob). Rendered into
+``tables.kql`` (the table and its mapping) and ``policies.kql`` (retention, batching, the
+functions and the update policies), which are deployed after the target tables exist.
+
+The fake ADX of the tests (``tests/adapters/fake_adx.py``) runs the same function bodies through
+duckdb-kql over the staging rows, so the tests exercise the policy text itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import cache
+from typing import Any
+
+import orjson
+
+from function_app.lake.schema import (
+    AUDIT_RECORD,
+    COLLECTOR_RUN,
+    CONTENT_LEDGER,
+    DIRECTORY_CHANGE,
+    MAIL_ITEM_ACCESS,
+    SCHEMA_OBSERVATION,
+    SIGN_IN,
+    TABLES_BY_NAME,
+    Column,
+    Kind,
+    Table,
+)
+
+STAGING_TABLE = "AuditIngest"
+DERIVED_COLUMN = "Derived"
+FUNCTION_PREFIX = "AuditIngestExpand_"
+FOLDER = "AuditLake"
+
+PER_RECORD_TABLES: tuple[str, ...] = (MAIL_ITEM_ACCESS.name, DIRECTORY_CHANGE.name, SIGN_IN.name)
+"""Derived tables whose rows name their audit record (``RecordId``) and ride inline with it."""
+ASIDE_TABLES: tuple[str, ...] = (SCHEMA_OBSERVATION.name, CONTENT_LEDGER.name, COLLECTOR_RUN.name)
+"""Tables whose rows belong to the blob (or to the collector), not to one record: always aside."""
+TARGET_TABLES: tuple[str, ...] = (AUDIT_RECORD.name, *PER_RECORD_TABLES, *ASIDE_TABLES)
+"""Every table an update policy fills from the staging table, in the order the policies are rendered."""
+STAGED_TABLES = frozenset(TARGET_TABLES)
+
+CELL_BUDGET = 256 * 1024
+"""Most bytes of JSON in one ``Derived`` cell (ADX's default limit for a dynamic value is 1 MB)."""
+
+_CONVERT: dict[Kind, str] = {
+    Kind.STRING: "tostring",
+    Kind.INT: "toint",
+    Kind.LONG: "tolong",
+    Kind.REAL: "toreal",
+    Kind.BOOL: "tobool",
+    Kind.DATETIME: "todatetime",
+}
+
+_DUMPS = orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z | orjson.OPT_NON_STR_KEYS
+
+
+@cache
+def staging_table() -> Table:
+    """``AuditIngest``: AuditRecord's columns, then ``Derived``. ADX only, not in ``TABLES``."""
+    return Table(
+        STAGING_TABLE,
+        (*AUDIT_RECORD.columns,
+         Column(DERIVED_COLUMN, Kind.DYNAMIC, "rows of the other tables: {table: [row, ...]}", "(collector)")),
+        key=(),
+        doc="One row per audit record with its derived rows, plus aside rows (Id empty) of blob-level rows; "
+            "fanned out by update policies into AuditRecord, MailItemAccess, DirectoryChange, SignIn, "
+            "SchemaObservation, ContentLedger and CollectorRun; kept no longer than the fan-out",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# KQL
+
+
+def expansion_function(table: str) -> str:
+    return f"{FUNCTION_PREFIX}{table}"
+
+
+def _convert(column: Column, source: str) -> str:
+    if column.kind is Kind.DYNAMIC:
+        return source
+    return f"{_CONVERT[column.kind]}({source})"
+
+
+def expansion_body(table: str) -> str:
+    """The query of ``AuditIngestExpand_<table>()``: *table*'s rows in the staging table, projected
+    onto exactly its columns, in order, each of its type.
+
+    One line per step and no blank line: the ADX scripts are cut into commands at blank lines.
+    """
+    target = TABLES_BY_NAME[table]
+    if table == AUDIT_RECORD.name:
+        projection = ", ".join(target.column_names)
+        return f"{STAGING_TABLE}\n| where isnotempty(Id)\n| project {projection}"
+    if table not in STAGED_TABLES:
+        raise ValueError(f"{table} is not filled from {STAGING_TABLE}")
+    part = f"{DERIVED_COLUMN}.{table}"
+    columns = ",\n    ".join(f"{c.name} = {_convert(c, f'r.{c.name}')}" for c in target.columns)
+    return "\n".join((
+        STAGING_TABLE,
+        f"| where isnotnull({part})",
+        f"| mv-expand r = {part}",
+        f"| project\n    {columns}",
+    ))
+
+
+def _function_command(table: str) -> str:
+    doc = f"Rows of {table} in {STAGING_TABLE} (its update policy)"
+    return (f'.create-or-alter function with (folder="{FOLDER}", docstring="{doc}") {expansion_function(table)}() '
+            f"{{\n{expansion_body(table)}\n}}")
+
+
+def _update_policy(table: str) -> str:
+    policy = (f'[{{"IsEnabled": true, "Source": "{STAGING_TABLE}", "Query": "{expansion_function(table)}()", '
+              f'"IsTransactional": true, "PropagateIngestionProperties": false}}]')
+    return f".alter table {table} policy update @'{policy}'"
+
+
+def render_staging_tables() -> list[str]:
+    """The staging table and its JSON mapping (the end of ``tables.kql``)."""
+    from function_app.lake.schema import adx_create_table, adx_json_mapping
+
+    table = staging_table()
+    return [adx_create_table(table), adx_json_mapping(table)]
+
+
+def render_staging_policies() -> list[str]:
+    """Retention, batching, the fan-out functions and their update policies (the end of
+    ``policies.kql``, deployed after ``tables.kql`` has created every target table).
+
+    The staging table keeps nothing (soft delete 0), which requires transactional policies: a
+    staging ingestion is written to every target or to none, and a failure fails the ingestion."""
+    from function_app.lake.schema import adx_batching
+
+    table = staging_table()
+    parts = [f".alter-merge table {STAGING_TABLE} policy retention softdelete = 0d recoverability = disabled",
+             adx_batching(table)]
+    parts += [_function_command(t) for t in TARGET_TABLES]
+    parts += [_update_policy(t) for t in TARGET_TABLES]
+    return parts
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows
+
+
+def _encoded_rows(table: Table, rows: Iterable[Mapping[str, Any]]) -> Iterator[bytes]:
+    from function_app.lake.adx import encode_row
+
+    for row in rows:
+        yield encode_row(table, row)
+
+
+def _chunks(encoded: Iterable[bytes], budget: int) -> Iterator[list[orjson.Fragment]]:
+    chunk: list[orjson.Fragment] = []
+    size = 0
+    for data in encoded:
+        if chunk and size + len(data) + 1 > budget:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(orjson.Fragment(data))
+        size += len(data) + 1
+    if chunk:
+        yield chunk
+
+
+def staging_rows(
+    tenant_id: str,
+    content_type: str,
+    content_id: str,
+    tables: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    budget: int = CELL_BUDGET,
+) -> Iterator[dict[str, Any]]:
+    """The staging rows of one blob's *tables* (names in ``STAGED_TABLES``): one per AuditRecord
+    row, in order, with its derived rows inline, then the aside rows (see the module docstring).
+
+    The rows of the other tables come back as ``orjson.Fragment``s, already JSON (columns exactly
+    the table's, datetimes ISO 8601 UTC with ``Z``): write the staging rows with orjson.
+    Every row given comes out exactly once after the fan-out."""
+    unknown = set(tables) - STAGED_TABLES
+    if unknown:
+        raise ValueError(f"not staged in {STAGING_TABLE}: {', '.join(sorted(unknown))}")
+    audit = tables.get(AUDIT_RECORD.name, ())
+    first_of: dict[Any, int] = {}
+    for i, row in enumerate(audit):
+        first_of.setdefault(row.get("Id"), i)
+    # Record index -> table -> its encoded rows; rows naming no record of the blob go aside.
+    inline: dict[int, dict[str, list[bytes]]] = {}
+    aside: dict[str, list[bytes]] = {}
+    for name in PER_RECORD_TABLES:
+        table = TABLES_BY_NAME[name]
+        for row in tables.get(name, ()):
+            data = next(_encoded_rows(table, (row,)))
+            at = first_of.get(row.get("RecordId"))
+            if at is None:
+                aside.setdefault(name, []).append(data)
+            else:
+                inline.setdefault(at, {}).setdefault(name, []).append(data)
+    for at, parts in list(inline.items()):
+        if sum(len(d) + 1 for rows in parts.values() for d in rows) > budget:
+            for name, rows in inline.pop(at).items():
+                aside.setdefault(name, []).extend(rows)
+    for i, row in enumerate(audit):
+        out = dict(row)
+        own = inline.get(i)
+        out[DERIVED_COLUMN] = ({name: [orjson.Fragment(d) for d in rows] for name, rows in own.items()}
+                               if own else None)
+        yield out
+    blob = {"TenantId": tenant_id, "ContentType": content_type, "ContentId": content_id, "Id": ""}
+    for name in (*PER_RECORD_TABLES, *ASIDE_TABLES):
+        encoded: Iterable[bytes]
+        if name in aside:
+            encoded = aside[name]
+        elif name in ASIDE_TABLES and tables.get(name):
+            encoded = _encoded_rows(TABLES_BY_NAME[name], tables[name])
+        else:
+            continue
+        for chunk in _chunks(encoded, budget):
+            yield {**blob, DERIVED_COLUMN: {name: chunk}}
