@@ -1,0 +1,255 @@
+"""The Azure path's client cost: CPU per record and ADX ingestions per blob of the Functions app.
+
+``part_azure`` runs in a process of its own (``python -m tests.bench.run --part azure``), which is
+the Functions worker here and nothing else:
+
+* Azurite (``tests.azurite``), the emulator (``auditlake emulator``) and the fake ADX
+  (``tests.adapters.fake_adx.FakeAdx``, started by ``python -m tests.bench.azure_path --fake-adx``)
+  each run in a child process of their own, so none of their CPU is counted. The fake ADX only
+  answers the ingest client's two management commands; the SDK uploads to Azurite, as it would to
+  ADX's storage.
+* The app is indexed as the worker indexes it (``main.app.get_functions()``) and called as the
+  host calls it (``tests/azure/conftest.py``'s harness): the ``collect`` timer with a real
+  ``TimerRequest``, then every message it put on the Azurite content queue, one at a time, to
+  ``process_content`` as a real ``QueueMessage`` (a message that raises is delivered again with
+  its dequeue count raised, up to host.json's ``maxDequeueCount``). The messages are taken off
+  the queue before the measured span starts: polling the queue is the host's work, not the
+  worker's.
+* CPU is the whole process's user+sys time (``getrusage(RUSAGE_SELF)``), not one thread's: the
+  ADX sink runs the ingest SDK in worker threads (``asyncio.to_thread``), and that CPU is the
+  client cost being measured. Nothing else runs in the process while a function runs. The CPU
+  per record is the timer's plus every content message's, over the records the ledger (the app's
+  Table Storage ``Ledger``) says the blobs had; both parts are reported too. The timer's share is
+  not a start-up cost to leave out: it grows with the blobs it hands on (measured at 28, 312 and
+  636 blobs: ~19 ms of CPU per blob on top of ~0.3 s, which is all a cold instance adds: imports,
+  clients, ADX resource look-ups; ~25 µs per record at this size, included).
+* Ingestions are every message the ingest client queued for ADX (the fake's ready-for-aggregation
+  queue on Azurite), whatever table it names, the ledger mirror included, plus any streaming
+  ingestion the fake received; divided by the blobs the app settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+REPO = Path(__file__).resolve().parents[2]
+TENANT = "2f4e6a8c-1b3d-4f5a-9c7e-0d2b4a6c8e1f"
+DATABASE = "auditlake"
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _azurite_from(spec: dict[str, str]) -> Any:
+    from tests.azurite import Azurite
+
+    # The fake only needs the endpoints; the Azurite process belongs to the bench part.
+    return Azurite(cast("subprocess.Popen[str]", None), spec["blob"], spec["queue"], spec["table"],
+                   Path(spec["workdir"]))
+
+
+def fake_adx_main(spec: str) -> int:
+    """The fake ADX in a process of its own: print its URI, serve until stdin closes, then print
+    what it saw outside Azurite (streaming ingestions, management commands) as JSON."""
+    from tests.adapters.fake_adx import FakeAdx
+
+    adx = FakeAdx(_azurite_from(json.loads(spec))).start()
+    print(adx.uri, flush=True)
+    sys.stdin.read()
+    adx.stop()
+    print(json.dumps({"streamed": len(adx.streamed), "streamed_rows": sum(len(s.rows) for s in adx.streamed),
+                      "commands": len(adx.requests)}), flush=True)
+    return 0
+
+
+def _receive_all(connection: str, queue: str) -> list[tuple[str, str]]:
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+    client = QueueClient.from_connection_string(connection, queue, message_encode_policy=TextBase64EncodePolicy(),
+                                                message_decode_policy=TextBase64DecodePolicy())
+    out: list[tuple[str, str]] = []
+    try:
+        while True:
+            try:
+                batch = list(client.receive_messages(messages_per_page=32, max_messages=32))
+            except ResourceNotFoundError:
+                return out
+            if not batch:
+                return out
+            for m in batch:
+                out.append((str(m.id), str(m.content)))
+                client.delete_message(m)
+    finally:
+        client.close()
+
+
+def _queued_ingestions(connection: str) -> list[tuple[str, int]]:
+    """(table, rows) of every ingestion the ingest client queued, as it queued them: the messages on
+    the fake's ready-for-aggregation queue and the line count of each message's blob. Read here, not
+    through ``FakeAdx.read_ingestions``, which may expand a staging ingestion into its targets."""
+    import base64
+    import gzip
+
+    from azure.storage.blob import BlobClient
+    from azure.storage.queue import QueueServiceClient
+
+    from tests.adapters.fake_adx import READY_QUEUE
+
+    queue = QueueServiceClient.from_connection_string(connection).get_queue_client(READY_QUEUE)
+    found: list[tuple[str, int]] = []
+    while True:
+        batch = list(queue.receive_messages(messages_per_page=32, max_messages=32))
+        if not batch:
+            return found
+        for msg in batch:
+            message = json.loads(base64.b64decode(msg.content))
+            blob = BlobClient.from_blob_url(str(message["BlobPath"]))
+            data = blob.download_blob().readall()
+            if str(blob.blob_name).endswith(".gz"):
+                data = gzip.decompress(data)
+            found.append((str(message["TableName"]), sum(1 for line in data.splitlines() if line.strip())))
+            queue.delete_message(msg)
+
+
+def _ledger(connection: str, table: str) -> dict[str, dict[str, Any]]:
+    from azure.data.tables import TableClient
+
+    with TableClient.from_connection_string(connection, table) as client:
+        return {str(e["ContentId"]): dict(e) for e in client.list_entities() if "Status" in e}
+
+
+async def _drive(connection: str, queue: str, max_dequeue: int) -> dict[str, Any]:
+    from azure.functions.queue import QueueMessage
+    from azure.functions.timer import TimerRequest
+
+    import main
+
+    functions = {f.get_function_name(): f.get_user_function() for f in main.app.get_functions()}
+    message = cast(Callable[..., QueueMessage], QueueMessage)  # azure.functions is untyped
+    t0 = _cpu()
+    await functions["collect"](TimerRequest(past_due=False))
+    timer_cpu = _cpu() - t0
+    messages = await asyncio.to_thread(_receive_all, connection, queue)
+    if len(messages) < 2:
+        raise RuntimeError(f"the timer queued {len(messages)} messages")
+    failures: list[str] = []
+    poisoned = 0
+    content_cpu = 0.0
+    started = time.perf_counter()
+    for message_id, body in messages:
+        t1 = _cpu()
+        for count in range(1, max_dequeue + 1):
+            try:
+                await functions["process_content"](message(id=message_id, body=body, dequeue_count=count))
+                break
+            except Exception as exc:
+                failures.append(f"{type(exc).__name__}: {exc}"[:300])
+        else:
+            poisoned += 1
+        content_cpu += _cpu() - t1
+    wall = time.perf_counter() - started
+    return {"messages": len(messages), "timer_cpu_s": timer_cpu, "content_cpu_s": content_cpu, "wall_s": wall,
+            "failures": failures, "poisoned": poisoned}
+
+
+def part_azure(records_per_day: int, days: float = 0.3) -> dict[str, Any]:
+    """*days* of one tenant at *records_per_day* through the Functions app (see the module docstring)."""
+    from tests.azurite import start_azurite
+    from tests.flows.conftest import start_emulator
+
+    max_dequeue = int(json.loads((REPO / "host.json").read_text())["extensions"]["queues"]["maxDequeueCount"])
+    azurite = start_azurite()
+    emu = None
+    adx_proc: subprocess.Popen[str] | None = None
+    try:
+        emu = start_emulator("--tenant-id", TENANT, "--days", str(days), "--records-per-day", str(records_per_day),
+                             "--seed", "13")
+        spec = {"blob": azurite.blob_endpoint, "queue": azurite.queue_endpoint, "table": azurite.table_endpoint,
+                "workdir": str(azurite.workdir)}
+        adx_proc = subprocess.Popen([sys.executable, "-m", "tests.bench.azure_path", "--fake-adx", json.dumps(spec)],
+                                    cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert adx_proc.stdout is not None and adx_proc.stdin is not None
+        adx_uri = adx_proc.stdout.readline().strip()
+        if not adx_uri.startswith("http://"):
+            raise RuntimeError(f"the fake ADX did not start: {adx_uri!r}")
+        suffix = uuid.uuid4().hex[:8]
+        queue, prefix = f"content-{suffix}", f"T{suffix}"
+        for name in ("FUNCTIONS_WORKER_RUNTIME",):
+            os.environ.pop(name, None)
+        os.environ.update({
+            "AzureWebJobsStorage": azurite.connection_string,
+            "CONTENT_QUEUE": queue,
+            "STATE_TABLE_PREFIX": prefix,
+            "DEADLETTER_CONTAINER": f"deadletter-{suffix}",
+            "ADX_INGEST_URI": adx_uri,
+            "ADX_ALLOW_INSECURE_HTTP": "true",  # the fake ADX speaks plain http, without authentication
+            "ADX_DATABASE": DATABASE,
+            "AUDITLAKE_API_TOKEN": "bench",
+            "AUDITLAKE_TENANTS": TENANT,
+            "AUDITLAKE_API_ROOT": emu.api_root,
+        })
+        drive = asyncio.run(_drive(azurite.connection_string, queue, max_dequeue))
+        adx_proc.stdin.close()
+        outside = json.loads(adx_proc.stdout.readline() or "{}")
+        adx_proc.wait(timeout=30)
+        ingestions = _queued_ingestions(azurite.connection_string)
+        ledger = _ledger(azurite.connection_string, f"{prefix}Ledger")
+    finally:
+        if adx_proc is not None and adx_proc.poll() is None:
+            adx_proc.kill()
+            adx_proc.wait()
+        if emu is not None:
+            emu.process.terminate()
+            try:
+                emu.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                emu.process.kill()
+        azurite.stop()
+
+    statuses = Counter(str(r.get("Status")) for r in ledger.values())
+    # Int64 values come back as EntityProperty (its .value is the number).
+    records = {cid: int(getattr(r.get("Records"), "value", r.get("Records")) or 0) for cid, r in ledger.items()}
+    total_records = sum(records.values())
+    per_record = 1e6 / max(total_records, 1)
+    blobs = len(ledger)
+    queued = len(ingestions)
+    count = queued + int(outside.get("streamed", 0))
+    by_table = Counter(table for table, _ in ingestions)
+    rows_by_table = Counter[str]()
+    for table, rows in ingestions:
+        rows_by_table[table] += rows
+    return {
+        "days": days, "records_per_day": records_per_day, "blobs": blobs, "messages": drive["messages"],
+        "ledger_status": dict(statuses), "records": total_records,
+        "records_per_blob": round(total_records / max(blobs, 1), 1),
+        "cpu_us_per_record": round((drive["timer_cpu_s"] + drive["content_cpu_s"]) * per_record),
+        "timer_us_per_record": round(drive["timer_cpu_s"] * per_record),
+        "content_us_per_record": round(drive["content_cpu_s"] * per_record),
+        "cpu_s": round(drive["timer_cpu_s"] + drive["content_cpu_s"], 2),
+        "wall_s": round(drive["wall_s"], 1),
+        "ingestions": count, "ingestions_per_blob": round(count / max(blobs, 1), 2),
+        "ingestions_by_table": dict(by_table), "rows_by_table": dict(rows_by_table),
+        "streamed": int(outside.get("streamed", 0)), "adx_commands": int(outside.get("commands", 0)),
+        "failed_deliveries": len(drive["failures"]), "poisoned": drive["poisoned"],
+        "first_failure": drive["failures"][0] if drive["failures"] else None,
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--fake-adx":
+        sys.exit(fake_adx_main(sys.argv[2]))
+    sys.exit("usage: python -m tests.bench.azure_path --fake-adx SPEC")
