@@ -172,6 +172,14 @@ def _installed() -> bool:
     return "makeset" in AGGREGATE_FUNCTIONS
 
 
+def _render_by_arity(name: str, arities: object, by_arity: tuple[tuple[int, str], ...], args: list[str]) -> str:
+    """The SQL template for *args*' count, filled in; ValueError naming the arities it takes."""
+    template = dict(by_arity).get(len(args))
+    if template is None:
+        raise ValueError(f"{name}() takes {arities} argument(s), got {len(args)}")
+    return template.format(*args)
+
+
 def install() -> None:
     """Add our rows to duckdb-kql's function tables (once per process)."""
     if _installed():
@@ -190,10 +198,7 @@ def install() -> None:
         by_arity: tuple[tuple[int, str], ...] = ()
 
         def render(self, args: list[str]) -> str:
-            template = dict(self.by_arity).get(len(args))
-            if template is None:
-                raise ValueError(f"{self.name}() takes {self.arities} argument(s), got {len(args)}")
-            return template.format(*args)
+            return _render_by_arity(self.name, self.arities, self.by_arity, args)
 
     @dataclasses.dataclass(frozen=True)
     class AggregateByArity(AggregateSpec):
@@ -202,10 +207,7 @@ def install() -> None:
         by_arity: tuple[tuple[int, str], ...] = ()
 
         def render(self, args: list[str]) -> str:
-            template = dict(self.by_arity).get(len(args))
-            if template is None:
-                raise ValueError(f"{self.name}() takes {self.arities} argument(s), got {len(args)}")
-            return template.format(*args)
+            return _render_by_arity(self.name, self.arities, self.by_arity, args)
 
     make_set = AGGREGATE_FUNCTIONS["make_set"].template
     make_list = AGGREGATE_FUNCTIONS["make_list"].template
