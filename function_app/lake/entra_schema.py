@@ -34,13 +34,14 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
+from function_app.lake.kql_commands import create_function, transactional_update_policy
+
 if TYPE_CHECKING:
     from function_app.lake.schema import Table
 
 RAW_TABLE = "EntraActivityRaw"
 RAW_MAPPING = "EntraActivityRawMapping"
 FUNCTION_PREFIX = "EntraExpand_"
-FOLDER = "AuditLake"
 
 SIGNIN_LOGS = "SigninLogs"
 NON_INTERACTIVE = "AADNonInteractiveUserSignInLogs"
@@ -428,14 +429,11 @@ def raw_table() -> Table:
 
 def _function_command(table: str) -> str:
     doc = f"Records of category {CATEGORIES[table]} in {RAW_TABLE} as rows of {table} (its update policy)"
-    return (f'.create-or-alter function with (folder="{FOLDER}", docstring="{doc}") {expansion_function(table)}() '
-            f"{{\n{expansion_body(table)}\n}}")
+    return create_function(expansion_function(table), expansion_body(table), doc)
 
 
 def _update_policy(table: str) -> str:
-    policy = (f'[{{"IsEnabled": true, "Source": "{RAW_TABLE}", "Query": "{expansion_function(table)}()", '
-              f'"IsTransactional": true, "PropagateIngestionProperties": false}}]')
-    return f".alter table {table} policy update @'{policy}'"
+    return transactional_update_policy(table, RAW_TABLE, expansion_function(table))
 
 
 def render_adx_entra(tables: Sequence[str] = ENTRA_TABLE_NAMES) -> str:

@@ -39,6 +39,7 @@ from typing import Any
 
 import orjson
 
+from function_app.lake.kql_commands import create_function, transactional_update_policy
 from function_app.lake.schema import (
     AUDIT_RECORD,
     COLLECTOR_RUN,
@@ -56,7 +57,6 @@ from function_app.lake.schema import (
 STAGING_TABLE = "AuditIngest"
 DERIVED_COLUMN = "Derived"
 FUNCTION_PREFIX = "AuditIngestExpand_"
-FOLDER = "AuditLake"
 
 PER_RECORD_TABLES: tuple[str, ...] = (MAIL_ITEM_ACCESS.name, DIRECTORY_CHANGE.name, SIGN_IN.name)
 """Derived tables whose rows name their audit record (``RecordId``) and ride inline with it."""
@@ -133,14 +133,11 @@ def expansion_body(table: str) -> str:
 
 def _function_command(table: str) -> str:
     doc = f"Rows of {table} in {STAGING_TABLE} (its update policy)"
-    return (f'.create-or-alter function with (folder="{FOLDER}", docstring="{doc}") {expansion_function(table)}() '
-            f"{{\n{expansion_body(table)}\n}}")
+    return create_function(expansion_function(table), expansion_body(table), doc)
 
 
 def _update_policy(table: str) -> str:
-    policy = (f'[{{"IsEnabled": true, "Source": "{STAGING_TABLE}", "Query": "{expansion_function(table)}()", '
-              f'"IsTransactional": true, "PropagateIngestionProperties": false}}]')
-    return f".alter table {table} policy update @'{policy}'"
+    return transactional_update_policy(table, STAGING_TABLE, expansion_function(table))
 
 
 def render_staging_tables() -> list[str]:

@@ -290,23 +290,7 @@ class FakeAdx:
         return [out for ingestion in raw for out in fan_out(ingestion)]
 
     def _pop_ingestions(self) -> list[Ingestion]:
-        queue = QueueServiceClient.from_connection_string(self.azurite.connection_string).get_queue_client(
-            READY_QUEUE)
-        found: list[Ingestion] = []
-        while True:
-            batch = list(queue.receive_messages(messages_per_page=32, max_messages=32))
-            if not batch:
-                break
-            for msg in batch:
-                message = json.loads(base64.b64decode(msg.content))
-                blob = BlobClient.from_blob_url(str(message["BlobPath"]))
-                data = blob.download_blob().readall()
-                if str(blob.blob_name).endswith(".gz"):
-                    data = gzip.decompress(data)
-                rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
-                found.append(Ingestion(message, rows, str(blob.blob_name)))
-                queue.delete_message(msg)
-        return found
+        return pop_ingestions(self.azurite.connection_string)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,3 +398,23 @@ def _v1_table(columns: list[str], rows: list[list[Any]]) -> dict[str, Any]:
         "Columns": [{"ColumnName": c, "DataType": "String", "ColumnType": "string"} for c in columns],
         "Rows": rows,
     }]}
+
+
+def pop_ingestions(connection_string: str) -> list[Ingestion]:
+    """Every ingestion the ingest client queued in the Azurite of *connection_string*, as queued (one
+    per message on the ready-for-aggregation queue, with the rows of its blob), each message deleted."""
+    queue = QueueServiceClient.from_connection_string(connection_string).get_queue_client(READY_QUEUE)
+    found: list[Ingestion] = []
+    while True:
+        batch = list(queue.receive_messages(messages_per_page=32, max_messages=32))
+        if not batch:
+            return found
+        for msg in batch:
+            message = json.loads(base64.b64decode(msg.content))
+            blob = BlobClient.from_blob_url(str(message["BlobPath"]))
+            data = blob.download_blob().readall()
+            if str(blob.blob_name).endswith(".gz"):
+                data = gzip.decompress(data)
+            rows = [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+            found.append(Ingestion(message, rows, str(blob.blob_name)))
+            queue.delete_message(msg)

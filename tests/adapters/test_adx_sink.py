@@ -7,7 +7,6 @@ import json
 import re
 import socket
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from function_app.lake.schema import (
 )
 from function_app.lake.staging import STAGING_TABLE, staging_table
 from tests.adapters.fake_adx import IDENTITY_TOKEN, FakeAdx, Ingestion, fan_out
-from tests.azurite import Azurite
 
 DB = "auditlake"
 TENANT = "11111111-2222-3333-4444-555555555555"
@@ -66,13 +64,6 @@ def ledger_row() -> dict[str, Any]:
         "IngestedAt": CREATED + timedelta(minutes=3), "Records": 5_000_000_000, "Bytes": 1234,
         "Status": "ingested", "Attempts": 1, "Error": None,
     }
-
-
-@pytest.fixture(scope="module")
-def fake(azurite: Azurite) -> Iterator[FakeAdx]:
-    adx = FakeAdx(azurite).start()
-    yield adx
-    adx.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,7 +28,6 @@ from function_app.lake.staging import (
 from function_app.records.flatten import BlobContext
 from function_app.records.tables import flatten_tables
 from tests.adapters.fake_adx import FakeAdx, Ingestion, apply_policies, dedup_view
-from tests.azurite import Azurite
 from tests.samples import all_records
 
 DB = "auditlake"
@@ -66,13 +65,6 @@ def per_table(ingestions: list[Ingestion]) -> dict[str, list[dict[str, Any]]]:
     for i in ingestions:
         out.setdefault(i.table, []).extend(i.rows)
     return out
-
-
-@pytest.fixture(scope="module")
-def fake(azurite: Azurite) -> Iterator[FakeAdx]:
-    adx = FakeAdx(azurite).start()
-    yield adx
-    adx.stop()
 
 
 @pytest.fixture

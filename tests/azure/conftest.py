@@ -38,6 +38,25 @@ MAX_DEQUEUE_COUNT = int(json.loads((REPO / "host.json").read_text())["extensions
 _indexed: list[Any] = []
 
 
+def drain_queue(client: QueueClient) -> list[tuple[str, str]]:
+    """(id, content) of every message on *client*'s queue, each deleted once read, as the host's
+    listener takes them; closes the client. A queue that does not exist holds nothing."""
+    out: list[tuple[str, str]] = []
+    try:
+        while True:
+            try:
+                batch = list(client.receive_messages(messages_per_page=32, max_messages=32))
+            except ResourceNotFoundError:
+                return out
+            if not batch:
+                return out
+            for m in batch:
+                out.append((str(m.id), str(m.content)))
+                client.delete_message(m)
+    finally:
+        client.close()
+
+
 def indexed_functions() -> list[Any]:
     """``main.app.get_functions()``, called once per process as the worker does (a second
     call on the same app raises: it remembers the names it has seen)."""
@@ -160,21 +179,7 @@ class FunctionsHost:
         await self.functions["record_dead_letter"](msg)
 
     def _receive(self, queue: str) -> list[tuple[str, str]]:
-        client = self.harness.queue_client(queue)
-        out: list[tuple[str, str]] = []
-        try:
-            while True:
-                try:
-                    batch = list(client.receive_messages(messages_per_page=32, max_messages=32))
-                except ResourceNotFoundError:
-                    return out
-                if not batch:
-                    return out
-                for m in batch:
-                    out.append((str(m.id), str(m.content)))
-                    client.delete_message(m)
-        finally:
-            client.close()
+        return drain_queue(self.harness.queue_client(queue))
 
     async def receive(self, queue: str | None = None) -> list[tuple[str, str]]:
         """Take every message off *queue* (default: the content queue), decoded from base64."""

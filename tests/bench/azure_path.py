@@ -76,53 +76,22 @@ def fake_adx_main(spec: str) -> int:
 
 
 def _receive_all(connection: str, queue: str) -> list[tuple[str, str]]:
-    from azure.core.exceptions import ResourceNotFoundError
     from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
-    client = QueueClient.from_connection_string(connection, queue, message_encode_policy=TextBase64EncodePolicy(),
-                                                message_decode_policy=TextBase64DecodePolicy())
-    out: list[tuple[str, str]] = []
-    try:
-        while True:
-            try:
-                batch = list(client.receive_messages(messages_per_page=32, max_messages=32))
-            except ResourceNotFoundError:
-                return out
-            if not batch:
-                return out
-            for m in batch:
-                out.append((str(m.id), str(m.content)))
-                client.delete_message(m)
-    finally:
-        client.close()
+    from tests.azure.conftest import drain_queue
+
+    return drain_queue(QueueClient.from_connection_string(connection, queue,
+                                                          message_encode_policy=TextBase64EncodePolicy(),
+                                                          message_decode_policy=TextBase64DecodePolicy()))
 
 
 def _queued_ingestions(connection: str) -> list[tuple[str, int]]:
     """(table, rows) of every ingestion the ingest client queued, as it queued them: the messages on
     the fake's ready-for-aggregation queue and the line count of each message's blob. Read here, not
     through ``FakeAdx.read_ingestions``, which may expand a staging ingestion into its targets."""
-    import base64
-    import gzip
+    from tests.adapters.fake_adx import pop_ingestions
 
-    from azure.storage.blob import BlobClient
-    from azure.storage.queue import QueueServiceClient
-
-    from tests.adapters.fake_adx import READY_QUEUE
-
-    queue = QueueServiceClient.from_connection_string(connection).get_queue_client(READY_QUEUE)
-    found: list[tuple[str, int]] = []
-    while True:
-        batch = list(queue.receive_messages(messages_per_page=32, max_messages=32))
-        if not batch:
-            return found
-        for msg in batch:
-            message = json.loads(base64.b64decode(msg.content))
-            blob = BlobClient.from_blob_url(str(message["BlobPath"]))
-            data = blob.download_blob().readall()
-            if str(blob.blob_name).endswith(".gz"):
-                data = gzip.decompress(data)
-            found.append((str(message["TableName"]), sum(1 for line in data.splitlines() if line.strip())))
-            queue.delete_message(msg)
+    return [(i.table, len(i.rows)) for i in pop_ingestions(connection)]
 
 
 def _ledger(connection: str, table: str) -> dict[str, dict[str, Any]]:
