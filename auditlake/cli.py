@@ -1081,7 +1081,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adx-database", metavar="NAME", help="the ADX database (with --adx-ingest-uri)")
     p.add_argument("--once", action="store_true", help="catch up, sweep, and exit (default: run until Ctrl-C)")
     p.add_argument("--interval", type=_positive_float, default=120.0, metavar="SECONDS",
-                   help="seconds between passes without --once")
+                   help="seconds from the start of one pass to the next, without --once (a pass that "
+                        "takes longer is followed at once)")
     p.add_argument("--publisher-id", type=_guid, metavar="GUID",
                    help="PublisherIdentifier sent to the API (default: $AUDITLAKE_PUBLISHER_ID, else the first tenant)")
     p.add_argument("--concurrency", type=_positive_int, metavar="N",

@@ -96,7 +96,11 @@ async def collect(
                                                             min(utc(clock()) - utc(since), ENTRA_RETENTION)))
             poller = EntraPoller(parts.entra, parts.state, parts.sink, rules=rules, now=parts.clock)
         pairs = [(t.tenant_id, ct) for t in feeds for ct in t.content_types]
+        loop = asyncio.get_running_loop()
         while True:
+            # Passes start every *interval* seconds, not *interval* after the previous one ended: a
+            # blob that appears just after a pass starts waits one interval, whatever the pass took.
+            pass_started = loop.time()
             # The feed and the Entra logs side by side: different APIs and budgets, one lake
             # (which serialises their writes).
             feed_pass = pipeline.collect_once(pairs, since=since, sweep=once) if feed else _no_feed()
@@ -115,12 +119,13 @@ async def collect(
                 return report
             failed = report.count(BlobStatus.FAILED) + report.count(BlobStatus.EXPIRED)
             log.info("pass done blobs=%d failed_or_expired=%d", len(report.outcomes), failed)
-            progress.passed(report, interval)
+            wait = max(0.0, interval - (loop.time() - pass_started))
+            progress.passed(report, wait)
             try:
                 if stop is None:
-                    await asyncio.sleep(interval)
+                    await asyncio.sleep(wait)
                 else:
-                    await asyncio.wait_for(stop.wait(), timeout=interval)
+                    await asyncio.wait_for(stop.wait(), timeout=wait)
                     return report
             except TimeoutError:
                 pass
