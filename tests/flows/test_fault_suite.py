@@ -187,9 +187,9 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario(
         "killed after enqueuing",
         "SIGKILL right after a window's blobs were recorded and queued (ledger status queued); then run again",
-        # Commits of 20 records: the kill lands between commits, not after one that holds everything.
-        "", env={"AUDITLAKE_COMMIT_RECORDS": "20"},
-        kills=(Kill(r"listed tenant_id=.* new=[1-9]", unsettled=("queued",)),)),
+        # Every answer held back 0.3 s: the kill lands while the window's blobs are still being
+        # fetched, not after a fast collector has already committed them all.
+        "slow=1:0.3", kills=(Kill(r"listed tenant_id=.* new=[1-9]", unsettled=("queued",)),)),
     Scenario(
         "killed mid-ingest",
         "SIGKILL after 40 blobs were ingested, the rest still queued; then run again",
