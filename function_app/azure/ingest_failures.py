@@ -9,11 +9,16 @@ cluster, shared by every database and client of it). Its fields: OperationId, Da
 Table, FailedOn, IngestionSourceId, IngestionSourcePath, Details, ErrorCode, FailureStatus
 (Permanent, Transient, Exhausted), RootActivityId, OriginatesFromUpdatePolicy, ShouldRetry.
 
-``watch_ingestion_failures`` pops those reports and applies each to the blob its
-IngestionSourcePath names (see ``lake.adx.stream_name``):
+``watch_ingestion_failures`` pops those reports and applies each to every blob its
+IngestionSourcePath names (see ``lake.adx.batch_stream_name``: an ingestion holds the blobs one
+instance wrote at once):
 
 * a permanent failure of a table of records settles the blob ``failed`` with the reason, so
   it is counted (Table Storage and, through the mirror, ADX's ContentLedger) and replayable;
+  but a permanent failure of an ingestion of several blobs cannot be pinned on one of them (one
+  blob's rows may have failed it; the others would be failed wrongly): each is re-enqueued, its
+  ledger row saying ``INGEST_ALONE``, and the ledger mirror has the sink give its next attempt an
+  ingestion of its own (``AdxSink.expect``), whose failure then settles it;
 * a failure a retry may fix (Transient, Exhausted, RetryAttemptsExceeded) marks the blob
   ``queued`` with the reason and re-enqueues it, unless it is already waiting for another
   attempt, the API's copy has expired, or the row counts ``REQUEUE_MAX_ATTEMPTS`` attempts
@@ -25,8 +30,9 @@ IngestionSourcePath names (see ``lake.adx.stream_name``):
 A blob's records arrive in one ingestion into the staging table ``AuditIngest``, which ADX's
 transactional update policies fan out (``lake.staging``): its failure, reported for the staging
 table or, from an update policy, for a target table with the staging ingestion's source id, is
-a failure of the blob's records, whatever the target (the bookkeeping rows it carried are lost
-with it; the mirror says so in its docstring).
+a failure of the records of each blob it held, whatever the target (the bookkeeping rows it
+carried are lost with it; the mirror says so in its docstring). A report naming some blobs the
+ledger does not know is applied to the others and kept in the dead-letter container.
 
 Nothing read is lost: a report that cannot be decoded, or names no blob of this app, is kept
 in the dead-letter container with one error line, then deleted; a report for another
@@ -51,7 +57,7 @@ from azure.storage.queue.aio import QueueClient
 from function_app.azure.mirror import ledger_row
 from function_app.core.delivery import Runtime
 from function_app.core.model import BlobStatus, ContentBlob, utc
-from function_app.lake.adx import BlobKey, blob_key, source_id
+from function_app.lake.adx import INGEST_ALONE, BlobKey, blob_keys, ingestion_source_id
 from function_app.lake.schema import COLLECTOR_RUN, CONTENT_LEDGER, TABLES_BY_NAME
 from function_app.lake.staging import STAGING_TABLE
 from function_app.logredact import redact
@@ -309,8 +315,12 @@ async def _bookkeeping(rt: Runtime, key: BlobKey, failure: IngestionFailure) -> 
     return "bookkeeping"
 
 
-async def _apply(rt: Runtime, key: BlobKey, failure: IngestionFailure) -> str:
-    """Apply a failure of one of *key*'s record tables to its ledger row; returns the outcome."""
+async def _apply(rt: Runtime, key: BlobKey, failure: IngestionFailure, *, shared: int = 1) -> str:
+    """Apply a failure of one of *key*'s record tables to its ledger row; returns the outcome.
+
+    *shared* is how many blobs the failed ingestion held: a permanent failure of an ingestion of
+    several cannot be pinned on one of them, so each is re-enqueued to be ingested alone, and only
+    a failure of that lone ingestion settles it failed."""
     row = await rt.state.ledger_row(_placeholder(key))
     if row is None:
         return "unknown"
@@ -318,11 +328,13 @@ async def _apply(rt: Runtime, key: BlobKey, failure: IngestionFailure) -> str:
     status = row.get("Status")
     now = utc(rt.clock())
     reason = failure.reason
+    if shared > 1:
+        reason += f" (an ingestion of {shared} blobs)"
     if status in (BlobStatus.FAILED.value, BlobStatus.EXPIRED.value):
         log.warning("ADX ingestion failure for a blob already %s; left as it is tenant_id=%s content_type=%s "
                     "content_id=%s error=%s", status, *key, reason)
         return "unchanged"
-    if failure.retryable:
+    if failure.retryable or shared > 1:
         if status in (BlobStatus.LISTED.value, BlobStatus.QUEUED.value):
             # Already waiting for another attempt (another table's report, or a redelivery).
             log.info("ADX ingestion failure for a blob already pending tenant_id=%s content_type=%s "
@@ -335,13 +347,14 @@ async def _apply(rt: Runtime, key: BlobKey, failure: IngestionFailure) -> str:
         elif isinstance(attempts, int) and attempts >= REQUEUE_MAX_ATTEMPTS:
             reason += f"; not re-enqueued: {attempts} attempts already"
         else:
+            again = "re-enqueued for another attempt" if failure.retryable else f"re-enqueued {INGEST_ALONE}"
             # Marked first: if the enqueue fails, the row is queued and the stale sweep of
             # the collect timer re-enqueues it; this report is read again meanwhile.
-            await rt.state.mark(blob, BlobStatus.QUEUED, at=now, error=f"{reason}; re-enqueued for another attempt")
+            await rt.state.mark(blob, BlobStatus.QUEUED, at=now, error=f"{reason}; {again}")
             await rt.queue.enqueue([blob])
             log.warning("ADX ingestion failed after acceptance; blob re-enqueued tenant_id=%s content_type=%s "
-                        "content_id=%s table=%s error_code=%s status=%s", *key, failure.table, failure.error_code,
-                        failure.status)
+                        "content_id=%s table=%s error_code=%s status=%s blobs=%d", *key, failure.table,
+                        failure.error_code, failure.status, shared)
             return "requeued"
     await rt.state.mark(blob, BlobStatus.FAILED, at=now, error=reason)
     log.error("ADX ingestion failed after acceptance; blob settled failed tenant_id=%s content_type=%s "
@@ -350,41 +363,52 @@ async def _apply(rt: Runtime, key: BlobKey, failure: IngestionFailure) -> str:
     return "failed"
 
 
-async def handle_report(rt: Runtime, report: Report) -> str:
-    """Deal with one status-queue message; returns the outcome (a WatchResult field name).
+async def handle_report(rt: Runtime, report: Report) -> list[str]:
+    """Deal with one status-queue message; returns the outcomes (WatchResult field names): one
+    per blob the failed ingestion held, or the report's own (``kept``, ``foreign``).
 
     Every outcome but ``foreign`` means the message is done with. Raises only for failures
-    of Storage or ADX, which a later read may not meet.
+    of Storage or ADX, which a later read may not meet (applying the report again is harmless:
+    a blob already re-enqueued or settled is left as it is).
     """
     try:
         failure = parse_failure(report.text)
     except UndecodableReportError as exc:
-        return await _keep(rt, report, f"undecodable ADX failure report: {exc}")
+        return [await _keep(rt, report, f"undecodable ADX failure report: {exc}")]
     if failure.database != rt.azure.adx_database:
-        return "foreign"
-    key = blob_key(failure.source_path)
-    if key is None:
-        return await _keep(rt, report, f"ADX failure report names no blob of this app: IngestionSourcePath "
-                                       f"{redact(failure.source_path)[:500]}; {failure.reason}")
-    # The staging ingestion of the blob's records, reported for the staging table itself or, from
+        return ["foreign"]
+    keys = blob_keys(failure.source_path)
+    if keys is None:
+        return [await _keep(rt, report, f"ADX failure report names no blob of this app: IngestionSourcePath "
+                                        f"{redact(failure.source_path)[:500]}; {failure.reason}")]
+    # The staging ingestion of the blobs' records, reported for the staging table itself or, from
     # one of its update policies, for a target table with the staging ingestion's source id.
     staged = failure.table == STAGING_TABLE or (
         failure.from_update_policy and failure.source_id is not None
-        and failure.source_id.lower() == str(source_id(key, STAGING_TABLE)))
+        and failure.source_id.lower() == str(ingestion_source_id(keys, STAGING_TABLE)))
     if failure.table not in TABLES_BY_NAME and not staged:
-        return await _keep(rt, report, f"ADX failure report for a table this app does not write: {failure.reason}")
-    expected = source_id(key, STAGING_TABLE if staged else failure.table)
+        return [await _keep(rt, report, f"ADX failure report for a table this app does not write: "
+                                        f"{failure.reason}")]
+    expected = ingestion_source_id(keys, STAGING_TABLE if staged else failure.table)
     if failure.source_id and failure.source_id.lower() != str(expected):
-        return await _keep(rt, report, f"ADX failure report whose IngestionSourceId {failure.source_id} does not "
-                                       f"match its blob; {failure.reason}")
+        return [await _keep(rt, report, f"ADX failure report whose IngestionSourceId {failure.source_id} does not "
+                                        f"match its blob; {failure.reason}")]
     if failure.table in BOOKKEEPING_TABLES and not staged:
-        return await _bookkeeping(rt, key, failure)
-    outcome = await _apply(rt, key, failure)
-    if outcome == "unknown":
-        return await _keep(rt, report, f"ADX failure report for a blob the ledger does not know "
-                                       f"(tenant {key.tenant_id}, {key.content_type}, {key.content_id}); "
-                                       f"{failure.reason}")
-    return outcome
+        return [await _bookkeeping(rt, key, failure) for key in keys]
+    outcomes: list[str] = []
+    unknown: list[BlobKey] = []
+    for key in keys:
+        outcome = await _apply(rt, key, failure, shared=len(keys))
+        if outcome == "unknown":
+            unknown.append(key)
+        else:
+            outcomes.append(outcome)
+    if unknown:
+        named = "; ".join(f"tenant {k.tenant_id}, {k.content_type}, {k.content_id}" for k in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        outcomes.append(await _keep(rt, report, f"ADX failure report for blobs the ledger does not know "
+                                                f"({named}{more}); {failure.reason}"))
+    return outcomes
 
 
 async def watch_ingestion_failures(
@@ -404,8 +428,8 @@ async def watch_ingestion_failures(
     first_error: BaseException | None = None
     for report in batch:
         try:
-            outcome = await handle_report(rt, report)
-            if outcome == "foreign":
+            outcomes = await handle_report(rt, report)
+            if "foreign" in outcomes:
                 foreign.append(report)
             else:
                 await reports.delete(report)
@@ -422,7 +446,8 @@ async def watch_ingestion_failures(
                 except Exception:
                     log.exception("could not keep the ADX failure report message_id=%s", report.id)
             continue
-        setattr(result, outcome, getattr(result, outcome) + 1)
+        for outcome in outcomes:
+            setattr(result, outcome, getattr(result, outcome) + 1)
     # Released only now, so this run does not read them again. Best effort: without the
     # queue's update permission they reappear when the visibility timeout ends.
     for report in foreign:

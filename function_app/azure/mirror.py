@@ -11,7 +11,7 @@ per blob. A mirror write that fails is logged and does not fail the blob: the ro
 
 The rows are batched, not ingested one by one (an ingestion costs the ingest SDK ~8.6 ms of CPU,
 as much as a whole blob's records): when the sink can defer rows (``AdxSink.defer``), each row
-waits in the sink and rides along with the next blob's staging ingestion (``lake.staging``:
+waits in the sink and rides along with the next staging ingestion (``lake.staging``:
 aside rows that ADX's update policies fan out into ContentLedger and CollectorRun), or, when no
 blob comes within ``MIRROR_MAX_DELAY_SECONDS`` (or ``MIRROR_MAX_ROWS`` are waiting), goes in a flush
 of its own; the sink's ``close`` flushes what waits. So under load the ledger mirror costs no
@@ -28,6 +28,11 @@ when the ingestion it rode on is accepted and later fails in the service (the fa
 re-drives that blob; the next status change of the mirrored blob restates its whole row). The
 store, the collector's source of truth, is never affected.
 
+The mirror also tells such a sink which blobs this process is processing: a blob it claims is
+expected (``AdxSink.expect``, so the staging ingestion the blobs written at once share waits for
+its rows; alone when its ledger row says ``INGEST_ALONE``), and its next mark or release ends
+that (``AdxSink.forget``).
+
 The Purview audit search's slices are mirrored the same way (ContentType ``Purview.Search``):
 listed, pointed at a query (``set_query``: ``queued`` with the query's URL), settled.
 """
@@ -42,6 +47,7 @@ from typing import Any, Protocol, cast
 
 from function_app.core.model import BlobStatus, Checkpoint, ContentBlob, RunStats
 from function_app.core.ports import ClaimingStateStore, Sink
+from function_app.lake.adx import INGEST_ALONE
 from function_app.lake.schema import COLLECTOR_RUN, CONTENT_LEDGER
 from function_app.purview.backfill import SliceRow
 
@@ -84,6 +90,14 @@ class _Deferring(Protocol):
     def defer(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None: ...
 
 
+class _Gathering(Protocol):
+    """A sink that gathers the blobs being processed into shared ingestions (``AdxSink``)."""
+
+    def expect(self, blob: ContentBlob, *, alone: bool = False) -> None: ...
+
+    def forget(self, blob: ContentBlob) -> None: ...
+
+
 class AdxMirroredState:
     """A state store that also ingests every ledger change and every run into *sink*, batched
     when the sink can defer rows (see the module docstring)."""
@@ -91,6 +105,7 @@ class AdxMirroredState:
     def __init__(self, inner: ClaimingStateStore, sink: Sink) -> None:
         self._inner = inner
         self._sink = sink
+        self._gathering = cast(_Gathering, sink) if hasattr(sink, "expect") and hasattr(sink, "forget") else None
 
     async def _mirror(self, blob: ContentBlob, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Hand *rows* to the sink: deferred when it can (never fails), else one ingestion now."""
@@ -110,7 +125,11 @@ class AdxMirroredState:
         size: int | None = None,
         error: str | None = None,
     ) -> Mapping[str, Any] | None:
-        written = await self._inner.mark(blob, status, at=at, records=records, size=size, error=error)
+        try:
+            written = await self._inner.mark(blob, status, at=at, records=records, size=size, error=error)
+        finally:
+            if self._gathering is not None:
+                self._gathering.forget(blob)
         try:
             row = ledger_row(blob, dict(written) if written is not None else {
                 "Status": status.value, "Error": error, "Records": records, "Bytes": size, "FetchedAt": at,
@@ -184,10 +203,20 @@ class AdxMirroredState:
     async def claim(
         self, blob: ContentBlob, owner: str, lease: timedelta, now: datetime
     ) -> Mapping[str, Any] | None:
-        return await self._inner.claim(blob, owner, lease, now)
+        """The inner store's claim; a blob won is announced to the sink, whose open ingestion then
+        waits for its rows (``AdxSink.expect``) until it writes them or its ledger row is marked."""
+        claimed = await self._inner.claim(blob, owner, lease, now)
+        if claimed is not None and self._gathering is not None:
+            error = claimed.get("Error")
+            self._gathering.expect(blob, alone=isinstance(error, str) and INGEST_ALONE in error)
+        return claimed
 
     async def release(self, blob: ContentBlob, owner: str) -> None:
-        await self._inner.release(blob, owner)
+        try:
+            await self._inner.release(blob, owner)
+        finally:
+            if self._gathering is not None:
+                self._gathering.forget(blob)
 
     async def ledger_row(self, blob: ContentBlob) -> dict[str, Any] | None:
         return await self._inner.ledger_row(blob)

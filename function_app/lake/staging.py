@@ -1,10 +1,11 @@
 """``AuditIngest``: the ADX staging table every blob's rows arrive in, fanned out by update policies.
 
-The Azure path hands ADX one ingestion per blob (``AdxSink.write_blob``) instead of one per
-table: the ingest SDK spends ~8.6 ms of client CPU per ingestion, whatever its size, so the
-per-table ingestions cost ~1,000 µs per record. ADX then builds the tables from the staging
-rows with transactional update policies, one KQL function per target table, rendered here from
-the one schema definition (``Table.columns``): a column added to a table is in its function.
+The Azure path hands ADX one staging ingestion for the blobs it writes at once (``AdxSink.write_blob``)
+instead of one per table: the ingest SDK spends ~8.6 ms of client CPU per ingestion, whatever its
+size, so the per-table ingestions cost ~1,000 µs per record. ADX then builds the tables from the
+staging rows with transactional update policies, one KQL function per target table, rendered here
+from the one schema definition (``Table.columns``): a column added to a table is in its function.
+The rows of several blobs simply follow one another in the staging ingestion; each row names its blob.
 
 One staging row per audit record holds that record's ``AuditRecord`` columns (the raw record
 whole in ``AuditData``) plus ``Derived``: the record's rows of the derived tables, matched by
@@ -22,8 +23,8 @@ exceed it sends them in aside rows instead, and aside rows are cut into chunks o
 budget (a single row over it, which no builder makes, travels alone).
 
 The staging table keeps nothing (soft delete 0, so the policies are transactional: a row the
-fan-out fails on fails the whole ingestion, reported on the failed-ingestions queue under the
-blob's stream name; ``function_app.azure.ingest_failures`` settles the blob). Rendered into
+fan-out fails on fails the whole ingestion, reported on the failed-ingestions queue under a
+stream name listing its blobs; ``function_app.azure.ingest_failures`` deals with each). Rendered into
 ``tables.kql`` (the table and its mapping) and ``policies.kql`` (retention, batching, the
 functions and the update policies), which are deployed after the target tables exist.
 

@@ -1,4 +1,4 @@
-"""One ingestion per blob into AuditIngest; the update policies (their rendered KQL, run by duckdb-kql
+"""A blob written alone is one ingestion into AuditIngest; the update policies (their rendered KQL, run by duckdb-kql
 in the fake ADX) make of it exactly the rows ``flatten_tables`` builds, table by table."""
 
 from __future__ import annotations

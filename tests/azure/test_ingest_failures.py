@@ -22,7 +22,18 @@ from function_app.azure.deps import close_runtime
 from function_app.azure.ingest_failures import parse_failure
 from function_app.core.messages import decode_message
 from function_app.core.model import ContentBlob
-from function_app.lake.adx import MAX_BLOB_NAME_CHARS, BlobKey, blob_key, source_id, stream_name
+from function_app.lake.adx import (
+    INGEST_ALONE,
+    MAX_BLOB_NAME_CHARS,
+    BlobKey,
+    batch_stream_name,
+    blob_key,
+    blob_keys,
+    ingestion_source_id,
+    source_id,
+    stream_name,
+)
+from function_app.lake.staging import STAGING_TABLE
 from tests.adapters.fake_adx import FAILED_QUEUE, Ingestion
 from tests.azure.conftest import DATABASE, FunctionsHost, Harness, flush_mirror
 
@@ -200,6 +211,137 @@ def test_reports_it_cannot_apply_are_kept_and_logged_and_do_not_stop_the_run(
             # No ledger row changed.
             assert harness.ledger()[content_id]["Status"] == "ingested"
             harness.adx.clear_failures()
+
+    asyncio.run(run())
+
+
+# -- ingestions that held several blobs ------------------------------------------------------------
+
+
+async def _delivered_at_once(host: FunctionsHost, messages: list[tuple[str, str]]) -> list[Ingestion]:
+    """Run *messages* concurrently, as the host runs a batch of them in one worker; the staging
+    ingestions they made, as the client made them."""
+    await asyncio.gather(*(host.run_message(message_id, body) for message_id, body in messages))
+    await flush_mirror()
+    return [i for i in host.harness.adx.read_ingestions(expand=False) if i.ingested_table == STAGING_TABLE]
+
+
+def _keys(ingestion: Ingestion) -> list[BlobKey]:
+    keys = blob_keys(ingestion.blob_url)
+    assert keys is not None, ingestion.blob_name
+    return keys
+
+
+async def _batch_collected(h: Harness, emu: EmulatorServer) -> tuple[FunctionsHost, Ingestion, list[str]]:
+    """Timer, then every message at once: one staging ingestion holding several blobs, and every
+    content id the timer listed."""
+    h.configure(AUDITLAKE_TENANTS=TENANT, AUDITLAKE_API_ROOT=emu.api_root)
+    h.adx.clear_failures()
+    host = FunctionsHost(h)
+    await host.timer()
+    messages = await host.receive()
+    staged = await _delivered_at_once(host, messages)
+    shared = [i for i in staged if len(_keys(i)) > 1]
+    assert shared, f"the blobs written at once should have shared an ingestion: {[len(_keys(i)) for i in staged]}"
+    ledger = h.ledger()
+    assert {row["Status"] for row in ledger.values()} == {"ingested"}
+    return host, shared[0], sorted(ledger)
+
+
+def test_a_transient_failure_of_a_shared_ingestion_re_enqueues_each_of_its_blobs(harness: Harness) -> None:
+    async def run() -> None:
+        async with EmulatorServer([TENANT], seed=34, days=0.3, records_per_day=60, scenario="quiet") as emu:
+            try:
+                host, batch, listed = await _batch_collected(harness, emu)
+                held = sorted(k.content_id for k in _keys(batch))
+                harness.adx.report_failure(batch, error_code="Download_UnknownError",
+                                           details="Transient failure downloading blob.", status="Transient")
+                await _watch(host)
+                ledger = harness.ledger()
+                for cid in held:
+                    assert ledger[cid]["Status"] == "queued", cid
+                    assert ledger[cid]["Error"].startswith(REASON_START + "Download_UnknownError")
+                    assert f"(an ingestion of {len(held)} blobs)" in ledger[cid]["Error"]
+                    assert ledger[cid]["Error"].endswith("re-enqueued for another attempt")
+                assert all(ledger[cid]["Status"] == "ingested" for cid in listed if cid not in held)
+                assert harness.adx.failure_messages() == []
+                # Exactly those blobs are on the queue again, and are ingested anew.
+                messages = await host.receive()
+                assert sorted(decode_message(body).content_id for _, body in messages) == held
+                again = await _delivered_at_once(host, messages)
+            finally:
+                await close_runtime()
+            assert {row["Status"] for row in harness.ledger().values()} == {"ingested"}
+            assert sorted(k.content_id for i in again for k in _keys(i)) == held
+
+    asyncio.run(run())
+
+
+def test_a_permanent_failure_of_a_shared_ingestion_retries_each_blob_alone_and_fails_only_the_bad_one(
+    harness: Harness,
+) -> None:
+    async def run() -> None:
+        async with EmulatorServer([TENANT], seed=35, days=0.3, records_per_day=60, scenario="quiet") as emu:
+            try:
+                host, batch, listed = await _batch_collected(harness, emu)
+                held = sorted(k.content_id for k in _keys(batch))
+                # The failure cannot be pinned on one blob: none is settled failed yet.
+                harness.adx.report_failure(batch, error_code="BadRequest_InvalidBlob",
+                                           details="A record could not be read.", status="Permanent",
+                                           from_update_policy=True)
+                await _watch(host)
+                ledger = harness.ledger()
+                for cid in held:
+                    assert ledger[cid]["Status"] == "queued", cid
+                    assert ledger[cid]["Error"].endswith(f"re-enqueued {INGEST_ALONE}")
+                messages = await host.receive()
+                assert sorted(decode_message(body).content_id for _, body in messages) == held
+                # Delivered at once again, each goes in an ingestion of its own.
+                alone = await _delivered_at_once(host, messages)
+                assert sorted(len(_keys(i)) for i in alone) == [1] * len(held)
+                assert {row["Status"] for row in harness.ledger().values()} == {"ingested"}
+                # The blob that really was bad fails again, alone: now it is settled failed.
+                bad = alone[0]
+                harness.adx.report_failure(bad, error_code="BadRequest_InvalidBlob",
+                                           details="A record could not be read.", status="Permanent")
+                await _watch(host)
+            finally:
+                await close_runtime()
+            ledger = harness.ledger()
+            bad_id = _keys(bad)[0].content_id
+            assert ledger[bad_id]["Status"] == "failed"
+            assert ledger[bad_id]["Error"].startswith(REASON_START + "BadRequest_InvalidBlob")
+            assert all(ledger[cid]["Status"] == "ingested" for cid in listed if cid != bad_id)
+
+    asyncio.run(run())
+
+
+def test_a_shared_ingestion_report_naming_an_unknown_blob_settles_the_known_ones_and_is_kept(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def run() -> None:
+        async with EmulatorServer([TENANT], seed=36, days=0.2, records_per_day=40, scenario="quiet") as emu:
+            try:
+                host, audit = await _collected(harness, emu)
+                known = _key(sorted(audit.items())[0][1])
+                stranger = BlobKey(TENANT, known.content_type, "20261121100000123$never$listed$here$nam0001")
+                keys = [known, stranger]
+                ids = ingestion_source_id(keys, STAGING_TABLE)
+                forged = Ingestion({"DatabaseName": DATABASE, "TableName": STAGING_TABLE, "Id": str(ids),
+                                    "BlobPath": f"https://acct.blob.core.windows.net/tempstorage/{DATABASE}__"
+                                                f"{STAGING_TABLE}__{ids}__{batch_stream_name(keys)}"}, [], "x")
+                harness.adx.report_failure(forged, status="Permanent")
+                with caplog.at_level(logging.INFO, logger="function_app"):
+                    await _watch(host)
+            finally:
+                await close_runtime()
+            assert harness.ledger()[known.content_id]["Status"] == "queued"
+            kept = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ADX failure report kept")]
+            assert len(kept) == 1 and "blobs the ledger does not know" in kept[0] and "never$listed" in kept[0]
+            summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ADX failure reports read=")]
+            assert summary == ["ADX failure reports read=1 failed=0 requeued=1 bookkeeping=0 unchanged=0 kept=1 "
+                               "foreign=0 errors=0"]
+            assert harness.adx.failure_messages() == []
 
     asyncio.run(run())
 

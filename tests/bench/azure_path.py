@@ -9,20 +9,28 @@ the Functions worker here and nothing else:
   answers the ingest client's two management commands; the SDK uploads to Azurite, as it would to
   ADX's storage.
 * The app is indexed as the worker indexes it (``main.app.get_functions()``) and called as the
-  host calls it (``tests/azure/conftest.py``'s harness): the ``collect`` timer with a real
-  ``TimerRequest``, then every message it put on the Azurite content queue, one at a time, to
-  ``process_content`` as a real ``QueueMessage`` (a message that raises is delivered again with
-  its dequeue count raised, up to host.json's ``maxDequeueCount``). The messages are taken off
-  the queue before the measured span starts: polling the queue is the host's work, not the
-  worker's.
+  host calls it: the ``collect`` timer with a real ``TimerRequest``, then the messages it put on
+  the Azurite content queue to ``process_content`` as real ``QueueMessage`` objects, concurrently
+  on one event loop as the host's queue listener runs them in one worker process: host.json's
+  ``batchSize`` messages at a time, the next batch started once the messages still running fall
+  to ``newBatchThreshold`` (so at most the sum run at once). A message that raises goes back to
+  the end of the line with its dequeue count raised (the host shows it again after the
+  visibility timeout; here at once), up to host.json's ``maxDequeueCount``. The messages are
+  taken off the queue before the measured span starts: polling the queue is the host's work, not
+  the worker's.
 * CPU is the whole process's user+sys time (``getrusage(RUSAGE_SELF)``), not one thread's: the
   ADX sink runs the ingest SDK in worker threads (``asyncio.to_thread``), and that CPU is the
-  client cost being measured. Nothing else runs in the process while a function runs. The CPU
-  per record is the timer's plus every content message's, over the records the ledger (the app's
-  Table Storage ``Ledger``) says the blobs had; both parts are reported too. The timer's share is
-  not a start-up cost to leave out: it grows with the blobs it hands on (measured at 28, 312 and
-  636 blobs: ~19 ms of CPU per blob on top of ~0.3 s, which is all a cold instance adds: imports,
-  clients, ADX resource look-ups; ~25 µs per record at this size, included).
+  client cost being measured. Nothing else runs in the process while the functions run. The CPU
+  per record is the timer's plus the content messages' (the process's CPU over the span they
+  run in, since they overlap), over the records the ledger (the app's Table Storage ``Ledger``)
+  says the blobs had; both parts are reported too. The timer's share is not a start-up cost to
+  leave out: it grows with the blobs it hands on (measured at 28, 312 and 636 blobs: ~19 ms of
+  CPU per blob on top of ~0.3 s, which is all a cold instance adds: imports, clients, ADX
+  resource look-ups; ~25 µs per record at this size, included).
+* The sink's staging ingestions are counted from its per-batch debug line (``staging_batches``,
+  ``blobs_per_batch``, and how long each batch waited for its blobs from its first one,
+  ``batch_wait_ms_p50``/``p95``); ``message_ms_p50``/``p95`` is the wall time of one delivery,
+  the batch's wait included.
 * Ingestions are every message the ingest client queued for ADX (the fake's ready-for-aggregation
   queue on Azurite), whatever table it names, the ledger mirror included, plus any streaming
   ingestion the fake received; divided by the blobs the app settled.
@@ -32,13 +40,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import resource
 import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -101,12 +110,41 @@ def _ledger(connection: str, table: str) -> dict[str, dict[str, Any]]:
         return {str(e["ContentId"]): dict(e) for e in client.list_entities() if "Status" in e}
 
 
-async def _drive(connection: str, queue: str, max_dequeue: int) -> dict[str, Any]:
+class _BatchLog(logging.Filter):
+    """Keeps the ADX sink's per-batch debug line (blobs, bytes, mirror rows, ms the batch waited)
+    and lets no other record below the logger's former level through: the bench needs the sink's
+    numbers without printing every debug line."""
+
+    def __init__(self, floor: int) -> None:
+        super().__init__()
+        self.floor = floor
+        self.batches: list[tuple[int, int]] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == BATCH_LOG and isinstance(record.args, tuple):
+            blobs, _, _, waited_ms = cast(tuple[int, int, int, int], record.args)
+            self.batches.append((blobs, waited_ms))
+        return record.levelno >= self.floor
+
+
+BATCH_LOG = "adx batch ingestion queued blobs=%d bytes=%d mirror_rows=%d waited_ms=%d"
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def _drive(connection: str, queue: str, queues: dict[str, Any]) -> dict[str, Any]:
     from azure.functions.queue import QueueMessage
     from azure.functions.timer import TimerRequest
 
     import main
 
+    max_dequeue, batch_size, threshold = (int(queues[k]) for k in ("maxDequeueCount", "batchSize",
+                                                                      "newBatchThreshold"))
     functions = {f.get_function_name(): f.get_user_function() for f in main.app.get_functions()}
     message = cast(Callable[..., QueueMessage], QueueMessage)  # azure.functions is untyped
     t0 = _cpu()
@@ -115,24 +153,50 @@ async def _drive(connection: str, queue: str, max_dequeue: int) -> dict[str, Any
     messages = await asyncio.to_thread(_receive_all, connection, queue)
     if len(messages) < 2:
         raise RuntimeError(f"the timer queued {len(messages)} messages")
+    waiting: deque[tuple[str, str, int]] = deque((message_id, body, 1) for message_id, body in messages)
+    in_flight: set[asyncio.Task[None]] = set()
     failures: list[str] = []
+    latencies: list[float] = []
     poisoned = 0
-    content_cpu = 0.0
+
+    async def deliver(message_id: str, body: str, count: int) -> None:
+        nonlocal poisoned
+        began = time.perf_counter()
+        try:
+            await functions["process_content"](message(id=message_id, body=body, dequeue_count=count))
+        except Exception as exc:
+            failures.append(f"{type(exc).__name__}: {exc}"[:300])
+            if count < max_dequeue:
+                waiting.append((message_id, body, count + 1))
+            else:
+                poisoned += 1
+        latencies.append(time.perf_counter() - began)
+
+    batch_log = _BatchLog(logging.getLogger("function_app.lake.adx").getEffectiveLevel())
+    adx_log = logging.getLogger("function_app.lake.adx")
+    former = adx_log.level
+    adx_log.addFilter(batch_log)
+    adx_log.setLevel(logging.DEBUG)
+    t1 = _cpu()
     started = time.perf_counter()
-    for message_id, body in messages:
-        t1 = _cpu()
-        for count in range(1, max_dequeue + 1):
-            try:
-                await functions["process_content"](message(id=message_id, body=body, dequeue_count=count))
-                break
-            except Exception as exc:
-                failures.append(f"{type(exc).__name__}: {exc}"[:300])
-        else:
-            poisoned += 1
-        content_cpu += _cpu() - t1
-    wall = time.perf_counter() - started
+    try:
+        while waiting or in_flight:
+            # The host's queue listener: a batch of batchSize messages, and the next one once the
+            # messages still running fall to newBatchThreshold.
+            if waiting and len(in_flight) <= threshold:
+                for _ in range(min(batch_size, len(waiting))):
+                    task = asyncio.create_task(deliver(*waiting.popleft()))
+                    in_flight.add(task)
+            if in_flight:
+                done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                in_flight -= done
+    finally:
+        content_cpu = _cpu() - t1
+        wall = time.perf_counter() - started
+        adx_log.removeFilter(batch_log)
+        adx_log.setLevel(former)
     return {"messages": len(messages), "timer_cpu_s": timer_cpu, "content_cpu_s": content_cpu, "wall_s": wall,
-            "failures": failures, "poisoned": poisoned}
+            "failures": failures, "poisoned": poisoned, "latencies": latencies, "batches": batch_log.batches}
 
 
 def part_azure(records_per_day: int, days: float = 0.3) -> dict[str, Any]:
@@ -140,7 +204,7 @@ def part_azure(records_per_day: int, days: float = 0.3) -> dict[str, Any]:
     from tests.azurite import start_azurite
     from tests.flows.conftest import start_emulator
 
-    max_dequeue = int(json.loads((REPO / "host.json").read_text())["extensions"]["queues"]["maxDequeueCount"])
+    queues = json.loads((REPO / "host.json").read_text())["extensions"]["queues"]
     azurite = start_azurite()
     emu = None
     adx_proc: subprocess.Popen[str] | None = None
@@ -171,7 +235,7 @@ def part_azure(records_per_day: int, days: float = 0.3) -> dict[str, Any]:
             "AUDITLAKE_TENANTS": TENANT,
             "AUDITLAKE_API_ROOT": emu.api_root,
         })
-        drive = asyncio.run(_drive(azurite.connection_string, queue, max_dequeue))
+        drive = asyncio.run(_drive(azurite.connection_string, queue, queues))
         adx_proc.stdin.close()
         outside = json.loads(adx_proc.stdout.readline() or "{}")
         adx_proc.wait(timeout=30)
@@ -213,6 +277,12 @@ def part_azure(records_per_day: int, days: float = 0.3) -> dict[str, Any]:
         "ingestions": count, "ingestions_per_blob": round(count / max(blobs, 1), 2),
         "ingestions_by_table": dict(by_table), "rows_by_table": dict(rows_by_table),
         "streamed": int(outside.get("streamed", 0)), "adx_commands": int(outside.get("commands", 0)),
+        "staging_batches": len(drive["batches"]),
+        "blobs_per_batch": round(sum(b for b, _ in drive["batches"]) / max(len(drive["batches"]), 1), 1),
+        "batch_wait_ms_p50": _percentile([w for _, w in drive["batches"]], 0.5),
+        "batch_wait_ms_p95": _percentile([w for _, w in drive["batches"]], 0.95),
+        "message_ms_p50": round(_percentile(drive["latencies"], 0.5) * 1000),
+        "message_ms_p95": round(_percentile(drive["latencies"], 0.95) * 1000),
         "failed_deliveries": len(drive["failures"]), "poisoned": drive["poisoned"],
         "first_failure": drive["failures"][0] if drive["failures"] else None,
     }
