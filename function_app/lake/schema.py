@@ -72,8 +72,9 @@ class IngestionBatching:
     """ADX ingestion batching policy: a batch is sealed at whichever limit comes first.
 
     The service default is 5 minutes; audit data is wanted within a minute of arriving, and
-    the collector hands over one small ingestion per blob (into the staging table, see
-    ``lake.staging``), so time is the limit that matters. 10 seconds is the minimum the
+    the collector hands over one small ingestion per handful of blobs (the blobs a worker writes at
+    once share one, into the staging table, see ``lake.adx`` and ``lake.staging``), so time is the
+    limit that matters. 10 seconds is the minimum the
     service accepts.
     """
 

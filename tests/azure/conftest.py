@@ -69,7 +69,7 @@ def indexed_functions() -> list[Any]:
 
 async def flush_mirror() -> int:
     """Ingest the ledger mirror rows the running loop's sink holds back (``AdxSink.defer``: they
-    ride on the next blob's ingestion, or go within seconds, or at close); a test reading ADX's
+    ride on the next staging ingestion, or go within seconds, or at close); a test reading ADX's
     ledger mid-run calls this first. Returns the rows flushed."""
     from function_app.azure.deps import runtime
     from function_app.lake.adx import AdxSink
