@@ -17,7 +17,16 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from auditlake.lake.duckdb_lake import COUNTED_TABLE, LocalLake, insert_blobs, insert_tables, naive_utc, to_arrow
+from auditlake.lake.duckdb_lake import (
+    COUNTED_TABLE,
+    SLICE_ROWS,
+    ArrowSlices,
+    LocalLake,
+    insert_blobs,
+    insert_tables,
+    naive_utc,
+    to_arrow,
+)
 from function_app.core.model import (
     FAILURE_STATUSES,
     BlobStatus,
@@ -30,7 +39,7 @@ from function_app.core.model import (
 )
 from function_app.core.ports import Sink
 from function_app.lake.entra_schema import RAW_TABLE
-from function_app.lake.schema import AUDIT_RECORD, CONTENT_LEDGER
+from function_app.lake.schema import AUDIT_RECORD, CONTENT_LEDGER, TABLES_BY_NAME
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -257,6 +266,10 @@ class LocalStateStore:
         """Hand over *blob*'s rows with its ``ingested`` mark; the returned future resolves once
         both are committed, in one transaction shared with other blobs (``LocalLake.submit_batched``).
 
+        A blob of more than ``SLICE_ROWS`` records is taken over, not copied: its ``AuditRecord``
+        row list is emptied as it becomes ``ArrowSlices``, and the blob commits in a transaction of
+        its own, its rows and its mark together as any other's.
+
         Entra records go the way ``LocalLake.write_blob`` takes them (expanded), then marked."""
         if RAW_TABLE in tables:
             result = await self._lake.write_blob(blob, tables)
@@ -269,10 +282,21 @@ class LocalStateStore:
         # conversion costs a few microseconds per column whatever its rows, too much per blob).
         rows = dict(tables)
         audit = rows.get(COUNTED_TABLE)
-        if audit is not None and not isinstance(audit, pa.Table):
+        big = False
+        if isinstance(audit, list) and len(audit) > SLICE_ROWS:
+            big = True
+            # Each slice of rows is dropped once it is Arrow, and with it the parsed records it
+            # holds (AuditData is the record itself), so the blob's memory moves rather than grows.
+            rows[COUNTED_TABLE] = ArrowSlices(AUDIT_RECORD, audit)
+            # The derived tables' rows hold pieces of the same records: kept as rows until the
+            # commit, they would keep the memory those records occupied from going back.
+            rows = {name: to_arrow(TABLES_BY_NAME[name], part) if isinstance(part, list) and name in TABLES_BY_NAME
+                    else part for name, part in rows.items()}
+        elif audit is not None and not isinstance(audit, pa.Table):
             rows[COUNTED_TABLE] = to_arrow(AUDIT_RECORD, audit)
+        del audit
         return self._lake.submit_batched(self._ingest, _Ingested(blob, rows, clock, records, size),
-                                         records=max(records, 1))
+                                         records=max(records, 1), alone=big)
 
     async def record_run(self, run: RunStats) -> None:
         def q(con: duckdb.DuckDBPyConnection) -> None:

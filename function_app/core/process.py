@@ -73,12 +73,16 @@ async def process_blob(
         log.error("blob failed %s error=%s", ctx, error)
         await state.mark(blob, BlobStatus.FAILED, at=utc(clock()), error=error)
         return BlobOutcome(blob, BlobStatus.FAILED, error=error)
+    records, size, reservation = len(fetched.records), fetched.size, fetched.reservation
     try:
         fetched_at = utc(clock())
         tables = build_rows(fetched.records, blob, fetched_at)
+        # The rows hold what they need of the records; the parsed list must not keep them all
+        # alive beside the rows until the commit (the local lake frees a big blob's as it goes).
+        del fetched
         if isinstance(state, RowKeepingStateStore) and state.keeps_rows_of(sink):
             durable = await state.submit_ingested(blob, tables, clock=lambda: utc(clock()),
-                                                  records=len(fetched.records), size=fetched.size)
+                                                  records=records, size=size)
             del tables
             if handed_over is not None:
                 handed_over()
@@ -86,14 +90,13 @@ async def process_blob(
         else:
             result = await sink.write_blob(blob, tables)
             del tables
-            await state.mark(blob, BlobStatus.INGESTED, at=utc(clock()), records=len(fetched.records),
-                             size=fetched.size)
+            await state.mark(blob, BlobStatus.INGESTED, at=utc(clock()), records=records, size=size)
     finally:
-        fetched.reservation.release()
+        reservation.release()
     log.info("blob ingested %s records=%d inserted=%d duplicates=%d", ctx,
-             len(fetched.records), result.inserted, result.duplicates)
-    return BlobOutcome(blob, BlobStatus.INGESTED, records=len(fetched.records), inserted=result.inserted,
-                       duplicates=result.duplicates, size=fetched.size)
+             records, result.inserted, result.duplicates)
+    return BlobOutcome(blob, BlobStatus.INGESTED, records=records, inserted=result.inserted,
+                       duplicates=result.duplicates, size=size)
 
 
 async def _settle_malformed(

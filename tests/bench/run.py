@@ -52,7 +52,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -139,37 +139,82 @@ def part_flatten(records: int) -> dict[str, Any]:
     }
 
 
-def part_blob50mb(size: int) -> dict[str, Any]:
-    import asyncio
-
+def _write_blob_body(path: Path, size: int) -> int:
+    """A JSON array of sample records with fresh Ids, up to *size* bytes, written record by record
+    (the body is never whole in this process's memory); returns the record count."""
     import orjson
 
-    from auditlake.lake.duckdb_lake import LocalLake
-    from function_app.compose import build_rows
-    from function_app.core.model import ContentBlob
+    records = 0
+    with path.open("wb") as out:
+        out.write(b"[")
+        written = 2
+        for record in _fresh_records(10**9):
+            piece = orjson.dumps(record)
+            if written + len(piece) + 1 > size:
+                break
+            out.write((b"," if records else b"") + piece)
+            written += len(piece) + 1
+            records += 1
+        out.write(b"]")
+    return records
 
-    baseline = _rss_now_kb()
-    pieces: list[bytes] = []
-    total, records = 2, 0
-    for record in _fresh_records(10**9):
-        piece = orjson.dumps(record)
-        if total + len(piece) + 1 > size:
-            break
-        pieces.append(piece)
-        total += len(piece) + 1
-        records += 1
-    body = b"[" + b",".join(pieces) + b"]"
-    del pieces
-    now = datetime.now(UTC)
-    blob = ContentBlob("bench-tenant", "Audit.General", "big", "https://x/big", now, now)
+
+def part_blob50mb(size: int) -> dict[str, Any]:
+    """One *size* blob the way ``collect`` takes it into the local lake: served over HTTP by a
+    process of its own, fetched and parsed by the Management API client ``open_parts`` builds for
+    a lake, then ``process_blob`` with the lake's state store, which commits the rows and the
+    ``ingested`` mark in one transaction. The baseline is the RSS once everything is open, just
+    before the fetch; the report divides the child's peak over it by the body size."""
+    import asyncio
+
+    from auditlake.lake.duckdb_lake import LocalLake
+    from function_app.compose import open_parts
+    from function_app.config import Settings, TenantConfig
+    from function_app.core.model import BlobStatus, ContentBlob
+    from function_app.core.process import process_blob
+    from function_app.gc_tuning import periodic_collection
+    from function_app.o365.auth import StaticTokenProvider
+
+    tenant = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9"
+
+    async def run(root: str, lake: LocalLake) -> tuple[int, float, int, int]:
+        now = datetime.now(UTC)
+        blob = ContentBlob(tenant, "Audit.General", "big", f"{root}/{tenant}/activity/feed/audit/big", now,
+                           now + timedelta(days=7))
+        settings = Settings(tenants=(TenantConfig(tenant, ("Audit.General",), "Enterprise"),), api_root=root,
+                            max_blob_bytes=size * 2)
+        async with periodic_collection(), open_parts(settings, lake=lake,
+                                                     tokens=StaticTokenProvider("bench")) as parts:
+            await parts.state.register_listed([blob], now)
+            baseline = _rss_now_kb()
+            started = time.perf_counter()
+            outcome = await process_blob(blob, api=parts.api, sink=parts.sink, state=parts.state,
+                                         build_rows=parts.build_rows, clock=parts.clock)
+            elapsed = time.perf_counter() - started
+        assert outcome.status is BlobStatus.INGESTED, outcome.error
+        assert outcome.inserted == outcome.records, "every record of the blob has its row"
+        return baseline, elapsed, outcome.inserted, outcome.size
+
     with tempfile.TemporaryDirectory() as tmp:
-        lake = LocalLake(Path(tmp) / "lake.duckdb")
-        started = time.perf_counter()
-        tables = build_rows(orjson.loads(body), blob, now)
-        result = asyncio.run(lake.write_blob(blob, tables))
-        elapsed = time.perf_counter() - started
-        lake.close()
-    return {"blob_mb": round(len(body) / 1e6, 1), "records": records, "inserted": result.inserted,
+        feed = Path(tmp) / "api" / "v1.0" / tenant / "activity" / "feed" / "audit"
+        feed.mkdir(parents=True)
+        records = _write_blob_body(feed / "big", size)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                   "--directory", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_for_port(port)
+            lake = LocalLake(Path(tmp) / "lake.duckdb")
+            try:
+                root = f"http://127.0.0.1:{port}/api/v1.0"
+                baseline, elapsed, inserted, body_bytes = asyncio.run(run(root, lake))
+            finally:
+                lake.close()
+        finally:
+            _stop(server)
+    return {"blob_mb": round(body_bytes / 1e6, 1), "records": records, "inserted": inserted,
             "seconds": round(elapsed, 1), "baseline_rss_mb": round(baseline / 1024)}
 
 
