@@ -37,12 +37,9 @@ from function_app.lake.staging import STAGING_TABLE
 from function_app.records.flatten import BlobContext
 from function_app.records.tables import flatten_tables
 from tests.adapters.fake_adx import FakeAdx, Ingestion, dedup_view, fan_out
-from tests.adapters.test_adx_staging import canonical
+from tests.adapters.test_adx_staging import CREATED, DB, TENANT, canonical
 from tests.samples import all_records
 
-DB = "auditlake"
-TENANT = "11111111-2222-3333-4444-555555555555"
-CREATED = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
 # Long enough that a batch which goes at all went for a reason other than the linger.
 NEVER = 3600.0
 T = TypeVar("T")
