@@ -53,6 +53,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,28 @@ def _write_blob_body(path: Path, size: int) -> int:
     return records
 
 
+@contextmanager
+def _served_blob(tenant: str, size: int) -> Iterator[tuple[str, int, int]]:
+    """A *size* blob of *tenant* (``_write_blob_body``) at ``{root}/{tenant}/activity/feed/audit/big``,
+    served by ``http.server`` in a process of its own, as the API would serve it: an in-process
+    server would buffer its own copy of the answer and be counted as the collector's. Yields the API
+    root, the record count and the body's size in bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        feed = Path(tmp) / "api" / "v1.0" / tenant / "activity" / "feed" / "audit"
+        feed.mkdir(parents=True)
+        records = _write_blob_body(feed / "big", size)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
+                                   "--directory", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            _wait_for_port(port)
+            yield f"http://127.0.0.1:{port}/api/v1.0", records, (feed / "big").stat().st_size
+        finally:
+            _stop(server)
+
+
 def part_blob50mb(size: int) -> dict[str, Any]:
     """One *size* blob the way ``collect`` takes it into the local lake: served over HTTP by a
     process of its own, fetched and parsed by the Management API client ``open_parts`` builds for
@@ -196,25 +219,12 @@ def part_blob50mb(size: int) -> dict[str, Any]:
         assert outcome.inserted == outcome.records, "every record of the blob has its row"
         return baseline, elapsed, outcome.inserted, outcome.size
 
-    with tempfile.TemporaryDirectory() as tmp:
-        feed = Path(tmp) / "api" / "v1.0" / tenant / "activity" / "feed" / "audit"
-        feed.mkdir(parents=True)
-        records = _write_blob_body(feed / "big", size)
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                                   "--directory", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with tempfile.TemporaryDirectory() as tmp, _served_blob(tenant, size) as (root, records, _):
+        lake = LocalLake(Path(tmp) / "lake.duckdb")
         try:
-            _wait_for_port(port)
-            lake = LocalLake(Path(tmp) / "lake.duckdb")
-            try:
-                root = f"http://127.0.0.1:{port}/api/v1.0"
-                baseline, elapsed, inserted, body_bytes = asyncio.run(run(root, lake))
-            finally:
-                lake.close()
+            baseline, elapsed, inserted, body_bytes = asyncio.run(run(root, lake))
         finally:
-            _stop(server)
+            lake.close()
     return {"blob_mb": round(body_bytes / 1e6, 1), "records": records, "inserted": inserted,
             "seconds": round(elapsed, 1), "baseline_rss_mb": round(baseline / 1024)}
 
@@ -239,10 +249,6 @@ def part_blob_azure(size: int) -> dict[str, Any]:
     from function_app.o365.retry import RetryPolicy
 
     tenant = "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "body.json"
-        records = _write_blob_body(path, size)
-        served = path.read_bytes()
 
     class CountingIngestClient:
         """Reads what the SDK would upload, in the SDK's chunk size."""
@@ -276,25 +282,8 @@ def part_blob_azure(size: int) -> dict[str, Any]:
             assert peak > peak_before, "the blob did not raise the peak: measure a larger one"
             return before, peak, elapsed, held
 
-    with tempfile.TemporaryDirectory() as tmp:
-        # The body is served by a process of its own, as the API would be: an in-process server
-        # would buffer its own copy of the answer and be counted as the collector's.
-        feed = Path(tmp) / "api" / "v1.0" / tenant / "activity" / "feed" / "audit"
-        feed.mkdir(parents=True)
-        (feed / "big").write_bytes(served)
-        size_served = len(served)
-        del served
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1",
-                                   "--directory", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            root = f"http://127.0.0.1:{port}/api/v1.0"
-            _wait_for_port(port)
-            before_kb, peak_kb, elapsed, held = asyncio.run(run(root))
-        finally:
-            _stop(server)
+    with _served_blob(tenant, size) as (root, records, size_served):
+        before_kb, peak_kb, elapsed, held = asyncio.run(run(root))
     over = (peak_kb - before_kb) * 1024
     return {"blob_mb": round(size_served / 1e6, 1), "records": records, "seconds": round(elapsed, 1),
             "baseline_rss_mb": round(before_kb / 1024), "over_baseline_mb": round(over / 1e6),
