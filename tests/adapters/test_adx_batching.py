@@ -122,6 +122,16 @@ async def settle(mirror: AdxMirroredState, sink: AdxSink, b: ContentBlob, tables
     await mirror.mark(b, BlobStatus.INGESTED, at=datetime.now(UTC), records=1, size=1)
 
 
+async def claim_and_settle_at_once(fake: FakeAdx, blobs: list[ContentBlob], records: list[Any]) -> None:
+    """Claim every blob, then write and mark them all at once (each with *records*), then close the sink."""
+    sink = AdxSink.create(fake.uri, DB)
+    mirror = AdxMirroredState(ClaimingStore(), sink)  # type: ignore[arg-type]
+    for b in blobs:
+        await mirror.claim(b, "me", timedelta(minutes=5), datetime.now(UTC))
+    await bounded(asyncio.gather(*(settle(mirror, sink, b, rows_of(records, b)) for b in blobs)))
+    await asyncio.to_thread(sink.close)
+
+
 def by_table(ingestions: list[Ingestion]) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for ingestion in ingestions:
@@ -305,15 +315,7 @@ def test_a_batch_takes_no_blob_its_stream_name_could_not_name(
     # 256-character content ids that compress badly: few fit in one name.
     blobs = [blob(base64.b32encode(os.urandom(160)).decode()) for _ in range(6)]
 
-    async def run() -> None:
-        sink = AdxSink.create(drained.uri, DB)
-        mirror = AdxMirroredState(ClaimingStore(), sink)  # type: ignore[arg-type]
-        for b in blobs:
-            await mirror.claim(b, "me", timedelta(minutes=5), datetime.now(UTC))
-        await bounded(asyncio.gather(*(settle(mirror, sink, b, rows_of(sample_records[:3], b)) for b in blobs)))
-        await asyncio.to_thread(sink.close)
-
-    asyncio.run(run())
+    asyncio.run(claim_and_settle_at_once(drained, blobs, sample_records[:3]))
     staging = [i for i in drained.read_ingestions(expand=False) if i.ingested_table == STAGING_TABLE]
     assert 1 < len(staging) < len(blobs)
     named = [k for i in staging for k in blob_keys(i.blob_url) or []]
@@ -326,15 +328,7 @@ def test_a_reported_failure_of_a_batch_names_each_of_its_blobs(
 ) -> None:
     blobs = [blob(content_id(i)) for i in range(4)]
 
-    async def run() -> None:
-        sink = AdxSink.create(drained.uri, DB)
-        mirror = AdxMirroredState(ClaimingStore(), sink)  # type: ignore[arg-type]
-        for b in blobs:
-            await mirror.claim(b, "me", timedelta(minutes=5), datetime.now(UTC))
-        await bounded(asyncio.gather(*(settle(mirror, sink, b, rows_of(sample_records[:5], b)) for b in blobs)))
-        await asyncio.to_thread(sink.close)
-
-    asyncio.run(run())
+    asyncio.run(claim_and_settle_at_once(drained, blobs, sample_records[:5]))
     [raw] = [i for i in drained.read_ingestions(expand=False) if i.ingested_table == STAGING_TABLE]
     drained.report_failure(raw, status="Permanent", from_update_policy=True)
     [message] = drained.failure_messages()
