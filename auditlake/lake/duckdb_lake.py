@@ -821,15 +821,9 @@ class LocalLake:
             return [(False, failure)] * len(ops)
         if len(ops) == 1:
             return [(False, value)]
-        # Whatever committed alone is reported as done: its caller must not retry it.
-        outcomes: list[Outcome] = []
-        for i, op in enumerate(ops):
-            ok, value = self._transaction(con, functools.partial(_run_one, op))
-            failure = None if ok else self._lake_failure(value)
-            if failure is not None:
-                return outcomes + [(False, failure)] * (len(ops) - i)
-            outcomes.append((ok, value))
-        return outcomes
+        # Whatever committed alone is reported as done: its caller must not retry it. Once the lake
+        # itself fails, _commit_alone answers the rest with that failure without running them.
+        return [self._commit_alone(op) for op in ops]
 
     def _transaction(self, con: duckdb.DuckDBPyConnection, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> Outcome:
         """(True, fn's result) once committed, or (False, the first error) with the transaction
