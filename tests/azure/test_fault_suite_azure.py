@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from auditlake.emulator.faults import malformed_body
+from auditlake.emulator.faults import junk_after_array, malformed_body
 from auditlake.emulator.server import EmulatorServer
 from auditlake.emulator.tenant import EmulatedBlob, SyntheticTenant
 from function_app.azure.deps import close_runtime
@@ -60,8 +60,9 @@ def _spans(body: bytes) -> list[tuple[int, int]]:
 def _malformed(blob: EmulatedBlob) -> Malformed:
     served = malformed_body(blob.body, blob.content_id)
     if served[: len(blob.body)] == blob.body:
-        assert served[len(blob.body):] == b' {"Id":'
-        return Malformed("after-array", served, set(blob.record_keys), b'{"Id":')
+        junk = junk_after_array(blob.content_id)
+        assert served[len(blob.body):] == junk
+        return Malformed("after-array", served, set(blob.record_keys), junk.lstrip())
     at = next(i for i, (a, b) in enumerate(zip(blob.body, served, strict=False)) if a != b)
     kind = "bad-byte" if served[at:at + 1] == b"\xff" else "equals-sign"
     shift = len(served) - len(blob.body)
