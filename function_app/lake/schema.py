@@ -443,6 +443,10 @@ def _q(name: str) -> str:
     return f'"{name}"'
 
 
+def duckdb_type(kind: Kind) -> str:
+    return _DUCKDB_TYPES[kind]
+
+
 def duckdb_ddl(table: Table) -> str:
     """``CREATE TABLE IF NOT EXISTS`` for DuckDB, with the key as PRIMARY KEY."""
     cols = ",\n".join(f"    {_q(c.name)} {_DUCKDB_TYPES[c.kind]}" for c in table.columns)
