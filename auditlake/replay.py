@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from function_app.compose import api_root_of, build_rows, feeds_of, open_parts, utcnow
+from function_app.compose import api_root_of, build_rows_for_adx, feeds_of, open_parts, utcnow
 from function_app.config import AzureSettings, Settings
 from function_app.core.errors import UntrustedMessageError
 from function_app.core.messages import check_content_uri
@@ -206,7 +206,7 @@ async def replay_failed(
     queue: ContentQueue,
     deadletter: DeadLetterStore,
     sink: Callable[[], Sink],
-    build_rows: RowBuilder = build_rows,
+    build_rows: RowBuilder = build_rows_for_adx,
     clock: Callable[[], datetime] = utcnow,
     tenant_id: str | None = None,
     content_ids: Sequence[str] = (),
@@ -321,7 +321,8 @@ async def replay_azure(
         assert parts.queue is not None and parts.deadletter is not None
         sink = parts.sink
         return await replay_failed(state=cast(ClaimingStateStore, parts.state), queue=parts.queue,
-                                   deadletter=parts.deadletter, sink=lambda: sink, clock=clock,
+                                   deadletter=parts.deadletter, sink=lambda: sink, build_rows=parts.build_rows,
+                                   clock=clock,
                                    tenant_id=tenant_id, content_ids=content_ids, from_deadletter=from_deadletter,
                                    dry_run=dry_run, lease=az.claim_lease)
 

@@ -62,6 +62,7 @@ from azure.kusto.ingest.status import KustoIngestStatusQueues
 
 from function_app.core.model import ContentBlob, WriteResult, utc
 from function_app.lake.cells import repaired_row
+from function_app.lake.derived_tables import BODIES
 from function_app.lake.entra_schema import RAW_TABLE, raw_table
 from function_app.lake.schema import (
     COLLECTOR_RUN,
@@ -687,12 +688,16 @@ class AdxSink:
         not yet queryable. Raises AdxIngestError for the first ingestion that failed (earlier
         ones stay ingested; a retry re-ingests them and the views absorb the repeat; the mirror
         rows it was to carry wait for the next one; every blob of a failed shared ingestion gets
-        the error), ValueError for a table that is not in the ADX schema.
+        the error), ValueError for a table that is not in the ADX schema or that ADX builds itself
+        (the derived tables: ``derived_tables``; the rows come from ``compose.build_rows_for_adx``).
         """
         staged: dict[str, Sequence[Mapping[str, Any]]] = {}
         plan: list[tuple[Table, Sequence[Mapping[str, Any]]]] = []
         stage = any(tables.get(name) for name in RECORD_TABLES)
         for name, rows in tables.items():
+            if name in BODIES and rows:
+                # Its update policy builds it from the AuditRecord rows: rows sent too would be twice in it.
+                raise ValueError(f"{name} is built by ADX from the AuditRecord rows, not written")
             # The Entra raw table is ADX's alone (its update policies expand it), so not in TABLES.
             table = raw_table() if name == RAW_TABLE else TABLES_BY_NAME.get(name)
             if table is None or table.local_only:

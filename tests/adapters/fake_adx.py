@@ -41,6 +41,7 @@ from azure.data.tables import TableSasPermissions, TableServiceClient, generate_
 from azure.storage.blob import BlobClient, BlobServiceClient, ContainerSasPermissions, generate_container_sas
 from azure.storage.queue import QueueClient, QueueSasPermissions, QueueServiceClient, generate_queue_sas
 
+from function_app.lake.derived_tables import BODIES
 from function_app.lake.schema import TABLES_BY_NAME, Kind, Table
 from function_app.lake.staging import DERIVED_COLUMN, STAGING_TABLE, TARGET_TABLES, expansion_body, staging_table
 from tests.azurite import Azurite
@@ -307,6 +308,9 @@ def policy_sql(table: str) -> str:
     """DuckDB SQL of ``AuditIngestExpand_<table>()``'s body (the rendered KQL) over ``AuditIngest``."""
     import duckdb_kql
 
+    from auditlake.lake.kql_reach import install
+
+    install()  # what the derived bodies may use beyond duckdb-kql's own functions (bag_keys, ...)
     sql = duckdb_kql.to_sql(expansion_body(table), schema={STAGING_TABLE: list(staging_table().column_names)})
     if sql.parameters:
         raise RuntimeError(f"duckdb-kql translated the {table} fan-out with parameters {sorted(sql.parameters)}")
@@ -344,6 +348,8 @@ def apply_policies(
     import duckdb
     import pyarrow as pa
 
+    from auditlake.lake.kql_reach import register_macros
+
     staging = staging_table()
     present = {name for r in rows if isinstance(r.get(DERIVED_COLUMN), dict) for name in r[DERIVED_COLUMN]}
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in tables}
@@ -351,6 +357,7 @@ def apply_policies(
         return out
     con = duckdb.connect()
     try:
+        register_macros(con)
         texts = {c.name: pa.array([None if r.get(c.name) is None else orjson.dumps(r[c.name]).decode()
                                    for r in rows], type=pa.string()) for c in staging.columns}
         con.register("_staged", pa.table(texts))
@@ -359,7 +366,7 @@ def apply_policies(
                           Kind.DYNAMIC) else f'"{c.name}"' for c in staging.columns)
         con.execute(f'CREATE TEMP TABLE "{STAGING_TABLE}" AS SELECT {select} FROM (SELECT {casts} FROM _staged)')
         for name in tables:
-            if name != "AuditRecord" and name not in present:
+            if name != "AuditRecord" and name not in BODIES and name not in present:
                 continue
             target: Table = TABLES_BY_NAME[name]
             result = con.execute(policy_sql(name))

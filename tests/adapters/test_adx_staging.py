@@ -1,5 +1,7 @@
 """A blob written alone is one ingestion into AuditIngest; the update policies (their rendered KQL, run by duckdb-kql
-in the fake ADX) make of it exactly the rows ``flatten_tables`` builds, table by table."""
+in the fake ADX) make of it exactly the rows ``flatten_tables`` builds, table by table: those of the tables ADX
+derives itself (MailItemAccess, SignIn) from the AuditRecord rows alone, the lock-step of their KQL with the
+Python builders the local lake uses."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 from function_app.azure.mirror import AdxMirroredState
 from function_app.core.model import BlobStatus, ContentBlob
 from function_app.lake.adx import AdxSink, encode_row
+from function_app.lake.derived_tables import BODIES
 from function_app.lake.schema import RECORD_TABLES, TABLES_BY_NAME, Kind, Table
 from function_app.lake.staging import (
     CELL_BUDGET,
@@ -42,8 +45,14 @@ def blob(content_id: str) -> ContentBlob:
 
 
 def rows_of(records: list[Any], b: ContentBlob) -> dict[str, list[dict[str, Any]]]:
+    """Every table's rows as the Python builders make them (what the local lake writes)."""
     ctx = BlobContext(b.tenant_id, b.content_type, b.content_id, b.content_created, datetime.now(UTC))
     return flatten_tables(records, ctx)
+
+
+def for_adx(tables: Mapping[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """The tables the collector sends ADX (``compose.ADX_BUILT_TABLES``): not those its policies derive."""
+    return {name: rows for name, rows in tables.items() if name not in BODIES}
 
 
 def as_adx(table: Table, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -87,10 +96,12 @@ def test_a_blob_is_one_ingestion_and_the_policies_make_exactly_the_flattened_row
     # The samples hold MailItemsAccessed, directory (RecordType 8) and sign-in records.
     assert all(tables[name] for name in RECORD_TABLES), {n: len(r) for n, r in tables.items()}
     assert any(r["RecordType"] == 8 for r in tables["AuditRecord"])
+    assert set(BODIES) == {"MailItemAccess", "SignIn"}
+    sent = for_adx(tables)
     sink = AdxSink.create(drained.uri, DB)
-    result = asyncio.run(sink.write_blob(b, tables))
+    result = asyncio.run(sink.write_blob(b, sent))
     sink.close()
-    assert result.inserted == sum(len(r) for r in tables.values())
+    assert result.inserted == sum(len(r) for r in sent.values())
 
     [raw] = drained.read_ingestions(expand=False)
     assert raw.table == STAGING_TABLE
@@ -111,7 +122,7 @@ def test_a_record_seen_twice_appears_once_through_the_dedup_views(drained: FakeA
     written = {}
     for b, records in ((first, sample_records), (again, sample_records)):
         written[b.content_id] = rows_of(records, b)
-        asyncio.run(sink.write_blob(b, written[b.content_id]))
+        asyncio.run(sink.write_blob(b, for_adx(written[b.content_id])))
     sink.close()
     assert len(drained.read_ingestions(expand=False)) == 2
     tables = per_table([i for raw in drained.raw_ingestions for i in _fan(raw)])
@@ -133,12 +144,13 @@ def test_derived_rows_past_the_cell_budget_travel_aside_and_every_cell_stays_und
     sample_records: list[Any]
 ) -> None:
     b = blob("big")
-    tables = rows_of(sample_records, b)
-    mail = tables["MailItemAccess"]
-    # One record with thousands of messages (a Sync of a large folder) and another just under.
-    big_id = mail[0]["RecordId"]
-    many = [replace_row(mail[0], ItemKey=f"item-{i}", InternetMessageId=f"<m{i}@x>") for i in range(3000)]
-    tables["MailItemAccess"] = [*mail, *many]
+    tables = for_adx(rows_of(sample_records, b))
+    changes = tables["DirectoryChange"]
+    # One record changing thousands of properties, beside the others.
+    big_id = changes[0]["RecordId"]
+    many = [replace_row(changes[0], Property=f"Extension_{i}") for i in range(3000)]
+    own = sum(1 for r in changes if r["RecordId"] == big_id)
+    tables["DirectoryChange"] = [*changes[:own], *many, *changes[own:]]  # in record order
     budget = 64 * 1024
     rows = list(staging_rows(b.tenant_id, b.content_type, b.content_id, tables, budget=budget))
     for row in rows:
@@ -150,12 +162,13 @@ def test_derived_rows_past_the_cell_budget_travel_aside_and_every_cell_stays_und
     assert [r["Id"] for r in record_rows] == [r["Id"] for r in tables["AuditRecord"]]
     big = next(r for r in record_rows if r["Id"] == big_id)
     assert big[DERIVED_COLUMN] is None  # its rows went aside
-    assert sum(1 for r in rows if not r["Id"] and "MailItemAccess" in r[DERIVED_COLUMN]) >= 3000 * 400 // budget
+    size = sum(len(encode_row(TABLES_BY_NAME["DirectoryChange"], r)) for r in many)
+    assert sum(1 for r in rows if not r["Id"] and "DirectoryChange" in r[DERIVED_COLUMN]) >= size // budget
     # After the fan-out every row is there exactly once.
     lines = [json.loads(encode_row(staging_table_of(), r)) for r in rows]
     got = apply_policies(lines)
-    table = TABLES_BY_NAME["MailItemAccess"]
-    assert canonical(table, got["MailItemAccess"]) == canonical(table, tables["MailItemAccess"])
+    table = TABLES_BY_NAME["DirectoryChange"]
+    assert canonical(table, got["DirectoryChange"]) == canonical(table, tables["DirectoryChange"])
     assert CELL_BUDGET <= 512 * 1024  # "well under" ADX's 1 MB default for a dynamic value
 
 
@@ -194,7 +207,7 @@ def test_the_content_path_makes_one_ingestion_per_blob_ledger_mirror_included(
         sink = AdxSink.create(drained.uri, DB)
         mirror = AdxMirroredState(MemoryStore(), sink)  # type: ignore[arg-type]
         for b in blobs:
-            await sink.write_blob(b, rows_of(sample_records[:40], b))
+            await sink.write_blob(b, for_adx(rows_of(sample_records[:40], b)))
             await mirror.mark(b, BlobStatus.INGESTED, at=datetime.now(UTC), records=40, size=1000)
         during = len(drained.read_ingestions(expand=False))
         assert sink.pending == 1
@@ -262,16 +275,32 @@ def test_the_staging_row_is_every_audit_record_column_then_derived() -> None:
 
 def test_derived_rows_out_of_record_order_go_aside_and_come_out_once(sample_records: list[Any]) -> None:
     b = blob("order")
-    tables = rows_of(sample_records, b)
-    sign_in = tables["SignIn"]
-    assert len(sign_in) >= 3
-    # The last sign-in row moved to the front (its record comes later), and one naming no record of the blob.
-    stray = replace_row(sign_in[0], RecordId="00000000-dead-beef-0000-000000000000")
-    tables["SignIn"] = [sign_in[-1], *sign_in[:-1], stray]
+    tables = for_adx(rows_of(sample_records, b))
+    changes = tables["DirectoryChange"]
+    assert len({r["RecordId"] for r in changes}) >= 3
+    # The last record's rows moved to the front (its record comes later), and one naming no record of the blob.
+    last = [r for r in changes if r["RecordId"] == changes[-1]["RecordId"]]
+    rest = [r for r in changes if r["RecordId"] != changes[-1]["RecordId"]]
+    stray = replace_row(changes[0], RecordId="00000000-dead-beef-0000-000000000000")
+    tables["DirectoryChange"] = [*last, *rest, stray]
     rows = list(staging_rows(b.tenant_id, b.content_type, b.content_id, tables))
-    aside = [r for r in rows if not r["Id"] and r[DERIVED_COLUMN] and "SignIn" in r[DERIVED_COLUMN]]
+    aside = [r for r in rows if not r["Id"] and r[DERIVED_COLUMN] and "DirectoryChange" in r[DERIVED_COLUMN]]
     assert aside, "the rows that broke the order went aside"
     lines = [json.loads(encode_row(staging_table_of(), r)) for r in rows]
     got = apply_policies(lines)
-    table = TABLES_BY_NAME["SignIn"]
-    assert canonical(table, got["SignIn"]) == canonical(table, tables["SignIn"])
+    table = TABLES_BY_NAME["DirectoryChange"]
+    assert canonical(table, got["DirectoryChange"]) == canonical(table, tables["DirectoryChange"])
+
+
+def test_rows_of_a_table_adx_derives_are_refused_with_the_reason(sample_records: list[Any]) -> None:
+    b = blob("refused-derived")
+    tables = rows_of(sample_records, b)
+    assert tables["SignIn"]
+    with pytest.raises(ValueError, match="update policy builds it from the AuditRecord rows"):
+        list(staging_rows(b.tenant_id, b.content_type, b.content_id, tables))
+    sink = AdxSink.create("http://127.0.0.1:9", DB)
+    try:
+        with pytest.raises(ValueError, match="built by ADX from the AuditRecord rows"):
+            asyncio.run(sink.write_blob(b, {"AuditRecord": tables["AuditRecord"], "SignIn": tables["SignIn"]}))
+    finally:
+        sink.close()
