@@ -240,7 +240,7 @@ def part_blob_azure(size: int) -> dict[str, Any]:
 
     import aiohttp
 
-    from function_app.compose import build_rows
+    from function_app.compose import build_rows_for_adx
     from function_app.core.budget import BLOB_MEMORY_FACTOR, MemoryBudget
     from function_app.core.model import ContentBlob
     from function_app.lake.adx import AdxSink
@@ -272,7 +272,7 @@ def part_blob_azure(size: int) -> dict[str, Any]:
             peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             started = time.perf_counter()
             fetched = await client.fetch_content(tenant, blob.content_uri)
-            tables = build_rows(fetched.records, blob, datetime.now(UTC))
+            tables = build_rows_for_adx(fetched.records, blob, datetime.now(UTC))
             result = await sink.write_blob(blob, tables)
             elapsed = time.perf_counter() - started
             held = fetched.reservation.amount
