@@ -20,7 +20,7 @@ from function_app.records.reader import RecoveredRecord, parse_content
 
 from ._derive_harness import comparable, kql_rows, python_rows
 from ._samples import all_records, load, require_samples
-from .test_records_derived import entra, one
+from .test_records_derived import DEVICE_LOGON, entra, one
 from .test_records_derived_properties import derived_records
 from .test_records_properties import SETTINGS
 
@@ -119,16 +119,7 @@ def test_the_builders_test_records_give_its_rows() -> None:
         *load("elastic-beats/15-azuread-sts-logon.selected-lines.log"),
         one("panther/panther_microsoft365_test_logs.jsonl", "UserLoginFailed"),
         next(r for r in load("msdocs/msdocs_example_records.jsonl") if r.get("ResultStatus") == "failed"),
-        # test_device_properties_and_numeric_error_codes
-        {
-            "Id": "s-1", "RecordType": 15, "Operation": "UserLoginFailed", "CreationTime": "2026-11-20T10:00:00",
-            "UserId": "Bob@Contoso.com", "ClientIP": "20.1.2.3", "ApplicationId": "app-1", "ErrorCode": 50126,
-            "LogonError": "InvalidUserNameOrPassword",
-            "ExtendedProperties": [{"Name": "UserAgent", "Value": "curl/8"},
-                                   {"Name": "RequestType", "Value": "Login:login"}],
-            "DeviceProperties": [{"Name": "OS", "Value": "Windows"}, {"Name": "BrowserType", "Value": "Edge"},
-                                 {"Name": "TrustType", "Value": "1"}, {"Name": "SessionId", "Value": "sess-9"}],
-        },
+        DEVICE_LOGON,
         entra([]),  # not a logon: no row
     ]
     assert assert_lock_step(records) == 7

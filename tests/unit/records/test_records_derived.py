@@ -274,16 +274,20 @@ def test_account_logons_map_login_status_and_login_error() -> None:
     assert row["LogonError"].startswith("-2147217390;PP_E_BAD_PASSWORD")
 
 
+DEVICE_LOGON: dict[str, Any] = {
+    "Id": "s-1", "RecordType": 15, "Operation": "UserLoginFailed", "CreationTime": "2026-11-20T10:00:00",
+    "UserId": "Bob@Contoso.com", "ClientIP": "20.1.2.3", "ApplicationId": "app-1", "ErrorCode": 50126,
+    "LogonError": "InvalidUserNameOrPassword",
+    "ExtendedProperties": [{"Name": "UserAgent", "Value": "curl/8"},
+                           {"Name": "RequestType", "Value": "Login:login"}],
+    "DeviceProperties": [{"Name": "OS", "Value": "Windows"}, {"Name": "BrowserType", "Value": "Edge"},
+                         {"Name": "TrustType", "Value": "1"}, {"Name": "SessionId", "Value": "sess-9"}],
+}
+"""A failed STS logon with device properties and a numeric error code (the SignIn KQL's lock-step uses it too)."""
+
+
 def test_device_properties_and_numeric_error_codes() -> None:
-    record = {
-        "Id": "s-1", "RecordType": 15, "Operation": "UserLoginFailed", "CreationTime": "2026-11-20T10:00:00",
-        "UserId": "Bob@Contoso.com", "ClientIP": "20.1.2.3", "ApplicationId": "app-1", "ErrorCode": 50126,
-        "LogonError": "InvalidUserNameOrPassword",
-        "ExtendedProperties": [{"Name": "UserAgent", "Value": "curl/8"},
-                               {"Name": "RequestType", "Value": "Login:login"}],
-        "DeviceProperties": [{"Name": "OS", "Value": "Windows"}, {"Name": "BrowserType", "Value": "Edge"},
-                             {"Name": "TrustType", "Value": "1"}, {"Name": "SessionId", "Value": "sess-9"}],
-    }
+    record = DEVICE_LOGON
     (row,) = rows_of(build_sign_in, record)
     assert (row["ErrorCode"], row["DeviceTrustType"], row["DeviceOS"], row["BrowserType"], row["SessionId"]) == (
         "50126", "1", "Windows", "Edge", "sess-9")
