@@ -207,13 +207,6 @@ def ingestion_source_id(keys: Sequence[BlobKey], table: str) -> uuid.UUID:
     return uuid.uuid5(SOURCE_ID_NAMESPACE, "\n".join((*(part for key in keys for part in key), table)))
 
 
-def _cell(kind: Kind, value: Any) -> Any:
-    if kind is Kind.DATETIME and isinstance(value, datetime):
-        # Aware values in another zone would otherwise keep their offset.
-        return utc(value)
-    return value
-
-
 def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=_DUMPS)
 
@@ -236,10 +229,30 @@ class _Writable(Protocol):
     def write(self, data: bytes | bytearray, /) -> int: ...
 
 
+# Table name -> (the table, its column names, its datetime columns): encode_row runs once per row
+# and cell (~40 % of the Azure path's staging encode when it asked each column its kind).
+_LAYOUTS: dict[str, tuple[Table, tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _layout(table: Table) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    known = _LAYOUTS.get(table.name)
+    if known is None or known[0] is not table:
+        known = (table, tuple(c.name for c in table.columns),
+                 tuple(c.name for c in table.columns if c.kind is Kind.DATETIME))
+        _LAYOUTS[table.name] = known
+    return known[1], known[2]
+
+
 def encode_row(table: Table, row: Mapping[str, Any]) -> bytes:
     """One row as JSON: exactly *table*'s columns, in order (see ``to_json_lines``); never raises
     on row content."""
-    cells = {c.name: _cell(c.kind, row.get(c.name)) for c in table.columns}
+    names, datetimes = _layout(table)
+    cells = dict(zip(names, map(row.get, names), strict=True))
+    for name in datetimes:
+        value = cells[name]
+        if isinstance(value, datetime):
+            # Aware values in another zone would otherwise keep their offset.
+            cells[name] = utc(value)
     try:
         return orjson.dumps(cells, option=_DUMPS)
     except (TypeError, ValueError, RecursionError):  # orjson.JSONEncodeError is a TypeError
