@@ -15,7 +15,8 @@ sent: their update policies build them from the AuditRecord rows with the KQL bo
 ``function_app.lake.derived_tables`` (DirectoryChange's rules have no exact KQL form yet; see
 there). Rows that
 belong to no single record ride in "aside" rows (``Id`` empty, the blob's TenantId, ContentType
-and ContentId set): the blob's ``SchemaObservation`` rows, the ledger mirror's ``ContentLedger``
+and ContentId set): the ``SchemaObservation`` rows (the ADX sink folds those of an ingestion's
+blobs into one row per key first), the ledger mirror's ``ContentLedger``
 and ``CollectorRun`` rows (``function_app.azure.mirror``), and derived rows too large to go
 inline. ``AuditRecord`` takes the rows with an ``Id``; each other table ``mv-expand``s its part of
 ``Derived`` and converts every column to its type.

@@ -192,7 +192,20 @@ class SchemaObserver(Sequence[dict[str, Any]]):
         return self._rows
 
     def __len__(self) -> int:
-        return len(self._materialised())
+        # Counted without making the rows: a writer that folds observers (the ADX sink's batches)
+        # asks each blob's for its size and never reads its rows.
+        if self._rows is not None:
+            return len(self._rows)
+        shapes: dict[tuple[str, int, str], list[_Known]] = {}
+        for group, known, *_ in self._tallies.values():
+            shapes.setdefault(group, []).append(known)
+        total = 0
+        for group, knowns in shapes.items():
+            if len(knowns) == 1:
+                total += len(knowns[0].templates(group))
+            else:
+                total += len(set().union(*(known.templates(group) for known in knowns)))
+        return total
 
     @overload
     def __getitem__(self, index: int) -> dict[str, Any]: ...

@@ -18,6 +18,7 @@ import pytest
 import function_app.lake.adx as adx
 from function_app.azure.ingest_failures import parse_failure
 from function_app.azure.mirror import AdxMirroredState
+from function_app.compose import build_rows_for_adx
 from function_app.core.model import BlobStatus, ContentBlob
 from function_app.lake.adx import (
     INGEST_ALONE,
@@ -38,7 +39,7 @@ from function_app.lake.staging import STAGING_TABLE
 from function_app.records.flatten import BlobContext
 from function_app.records.tables import flatten_tables
 from tests.adapters.fake_adx import FakeAdx, Ingestion, dedup_view, fan_out
-from tests.adapters.test_adx_staging import CREATED, DB, TENANT, canonical
+from tests.adapters.test_adx_staging import CREATED, DB, TENANT, as_adx, canonical
 from tests.samples import all_records
 
 # Long enough that a batch which goes at all went for a reason other than the linger.
@@ -187,6 +188,45 @@ def test_blobs_written_at_once_share_one_ingestion_and_every_row_lands_once(
         assert len(keyed) == len({tuple(json.dumps(r[k]) for k in table.key) for r in got[name]})
     # The ledger mirror's marks rode along or were flushed at close: one row per blob.
     assert sorted(r["ContentId"] for r in got["ContentLedger"]) == sorted(b.content_id for b in blobs)
+
+
+def test_the_schema_observations_of_a_batch_go_folded_and_read_the_same_in_the_summary(
+    drained: FakeAdx, sample_records: list[Any], lingering: None
+) -> None:
+    blobs = [blob(content_id(i)) for i in range(4)]
+    at = datetime.now(UTC)
+    # What the content function hands the sink: the SchemaObservation rows as the blob's observer.
+    tables = {b.content_id: build_rows_for_adx(fresh(sample_records, b.content_id), b, at) for b in blobs}
+    per_blob = [dict(r) for b in blobs for r in tables[b.content_id]["SchemaObservation"]]
+
+    async def run() -> None:
+        sink = AdxSink.create(drained.uri, DB)
+        mirror = AdxMirroredState(ClaimingStore(), sink)  # type: ignore[arg-type]
+        for b in blobs:
+            await mirror.claim(b, "me", timedelta(minutes=5), datetime.now(UTC))
+        await bounded(asyncio.gather(*(settle(mirror, sink, b, dict(tables[b.content_id])) for b in blobs)))
+        await asyncio.to_thread(sink.close)
+
+    asyncio.run(run())
+    drained.read_ingestions(expand=False)
+    assert len([i for i in drained.raw_ingestions if i.ingested_table == STAGING_TABLE]) == 1
+    got = by_table(drained.raw_ingestions)
+    table = TABLES_BY_NAME["SchemaObservation"]
+
+    def summary(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+        # SchemaObservationSummary's rule: earliest FirstSeen, latest LastSeen, Records summed.
+        out: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        for row in (as_adx(table, r) for r in rows):
+            key = tuple(row[k] for k in table.key)
+            first, last, count = out.get(key, (row["FirstSeen"], row["LastSeen"], 0))
+            out[key] = (min(first, row["FirstSeen"]), max(last, row["LastSeen"]), count + row["Records"])
+        return out
+
+    assert len(got["SchemaObservation"]) == len(summary(per_blob)) < len(per_blob)  # one row a key
+    assert summary(got["SchemaObservation"]) == summary(per_blob)
+    audit = TABLES_BY_NAME["AuditRecord"]
+    sent = [r for b in blobs for r in tables[b.content_id]["AuditRecord"]]
+    assert canonical(audit, got["AuditRecord"]) == canonical(audit, sent)
 
 
 def test_a_lone_blob_is_not_held_for_the_linger(drained: FakeAdx, sample_records: list[Any],

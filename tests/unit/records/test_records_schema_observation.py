@@ -149,3 +149,21 @@ def test_every_sample_record_is_observed_with_its_top_level_fields() -> None:
     rows = observer.rows()
     assert expected <= {(r["Operation"], r["FieldPath"]) for r in rows}
     assert all(r["FieldType"] in {"string", "int", "real", "bool", "null", "object", "array"} for r in rows)
+
+
+def test_an_observer_counts_its_rows_without_making_them() -> None:
+    # One operation with several shapes (their paths partly shared), others with one, a record
+    # without fields, and every sample record: the count is the number of rows made.
+    records: list[Any] = [rec(0), rec(1, Extra=1), rec(2, Extra="text"), rec(3, Nested={"a": [1, 2]}),
+                          rec(4, op="FileDeleted"), {}, "not a record"]
+    records += [record for _, record in all_records()]
+    for upto in (0, 1, 3, 6, len(records)):
+        observer = SchemaObserver(CTX.ingested_at)
+        for record in records[:upto]:
+            observer.add(record, flatten_record(record, CTX))
+        counted = len(observer)
+        assert observer._rows is None, "counting made the rows"
+        assert counted == len(observer.rows()) == len(list(observer))
+        assert bool(observer) == (counted > 0)
+    folded = SchemaObserver.fold([observer, observer])
+    assert len(folded) == len(observer.rows())
