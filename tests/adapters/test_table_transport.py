@@ -12,10 +12,12 @@ from collections.abc import Awaitable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import aiohttp
 import pytest
 from azure.core.exceptions import HttpResponseError
 
 from function_app.azure.storage import queue_client, table_service
+from function_app.azure.table_rest import LeanTableClient
 from function_app.config import StorageConnection
 from tests.azurite import Azurite
 
@@ -39,7 +41,7 @@ class RecordingProxy:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _answer
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_MERGE = _answer
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -130,3 +132,22 @@ def test_a_proxy_given_to_the_client_wins_over_the_environment(
 
         asyncio.run(main())
     assert len(given.seen) == 1 and proxy.seen == []
+
+
+def test_the_ledgers_lean_calls_go_through_the_environments_proxy_too(
+        azurite: Azurite, proxy: RecordingProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The hot calls skip the SDK's transport (function_app.azure.signed_rest, which the content
+    # queue's sends share): the same proxy, its .netrc credentials, the environment read once.
+    connection = StorageConnection(connection_string=azurite.connection_string)
+
+    async def main() -> None:
+        async with table_service(connection, None) as service, aiohttp.ClientSession() as session:
+            table = LeanTableClient(service.get_table_client("Proxied"), lambda: session)
+            assert await answered_by_proxy(table.get_entity("p", "r"))
+            monkeypatch.delenv("HTTP_PROXY")
+            assert await answered_by_proxy(table.upsert_entity({"PartitionKey": "p", "RowKey": "r2"}))
+
+    asyncio.run(main())
+    assert [line.split(" ")[0] for line, _ in proxy.seen] == ["GET", "MERGE"]
+    assert all(line.split(" ")[1].startswith(f"{azurite.table_endpoint}/Proxied(") for line, _ in proxy.seen)
+    assert {auth for _, auth in proxy.seen} == {"Basic cHJveHktdXNlcjpwcm94eS1zZWNyZXQ="}
