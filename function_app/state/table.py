@@ -19,8 +19,8 @@ ContentId the slice id, ContentUri the Graph query's URL); ``slice_rows`` and ``
 the two things the backfill needs beyond the StateStore port (``purview.backfill.SliceLedger``).
 
 Round trips (most of the Azure path's client CPU): the ledger's point operations and
-transactions go through ``LeanTableClient`` (function_app/azure/table_rest.py), ~1 ms of client
-CPU a call (0.4-0.6 ms against Azurite) where azure-data-tables' pipeline costs 2-3 ms and a
+transactions go through ``LeanTableClient`` (function_app/azure/table_rest.py), 0.4-1.1 ms of
+client CPU a call against Azurite, where azure-data-tables' pipeline costs 2-3 ms and a
 transaction ~9 ms; queries and table creation stay on the SDK. The store remembers the ETag and
 properties of the ledger rows it last wrote or read (bounded, per process) and tries the
 ETag-guarded update with them before reading the row again; a row changed elsewhere fails the
