@@ -7,9 +7,10 @@ and ~9 ms a two-operation transaction, where the same requests signed and sent h
 and 0.5-0.9 ms (0.4-1.1 ms a call across two such runs).
 What the pipeline gave, this keeps: the credential the SDK client holds (SharedKeyLite from an
 account key, or a bearer token from the managed identity, renewed before it expires), retries
-of transient failures (408, 429, 5xx, a dropped connection, a timeout) with exponential back-off
-as the SDK's retry policy does, its timeouts, and the proxy the environment names (looked up
-once, as ``storage.EnvProxyTransport`` does).
+of transient failures (408, 429, 5xx, a dropped connection, a timeout) with azure-data-tables'
+defaults (3 retries, back-off from 0.8 s doubling; the Queue SDK waits 15 s first, but a send that
+still fails only leaves its blob ``listed`` for the next run), the SDKs' timeouts, and the proxy the
+environment names (looked up once, as ``storage.EnvProxyTransport`` does).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from yarl import URL
 from function_app.azure.storage import env_proxy
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
-# What the SDKs' retry policy retries (3 retries), and their timeouts.
+# What azure-data-tables' retry policy retries (3 retries, 0.8 s doubling), and the SDKs' timeouts.
 _TRANSIENT = frozenset({408, 429, 500, 502, 503, 504})
 RETRIES = 3
 _TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=20, sock_read=60)
