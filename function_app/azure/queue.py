@@ -14,11 +14,10 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 
-import aiohttp
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.queue.aio import QueueClient
 
-from function_app.azure.signed_rest import RequestHook, SignedRest
+from function_app.azure.signed_rest import LazySession, RequestHook, SignedRest
 from function_app.core.messages import encode_message
 from function_app.core.model import ContentBlob
 
@@ -58,16 +57,9 @@ class StorageContentQueue:
         self._client = client
         self._ready = False
         self._lock = asyncio.Lock()
-        self._http: aiohttp.ClientSession | None = None
+        self._session = LazySession(limit=_PARALLEL)
         self._rest = SignedRest(client.url, client.credential, self._session, headers_to_sign=_queue_signs,
                                 error_text=_queue_error, version=client.api_version, request_hook=request_hook)
-
-    def _session(self) -> aiohttp.ClientSession:
-        # Opened on first use, inside the event loop; the proxy is SignedRest's to look up.
-        if self._http is None:
-            self._http = aiohttp.ClientSession(trust_env=False,
-                                               connector=aiohttp.TCPConnector(limit=_PARALLEL))
-        return self._http
 
     @property
     def name(self) -> str:
@@ -101,5 +93,4 @@ class StorageContentQueue:
 
     async def close(self) -> None:
         await self._client.close()
-        if self._http is not None:
-            await self._http.close()
+        await self._session.close()

@@ -71,6 +71,25 @@ def raise_for(status: int, reason: str, code: str | None, message: str) -> None:
     raise error
 
 
+class LazySession:
+    """The aiohttp session of the lean calls, opened on first use (inside the event loop) and
+    shared by the clients given it. It does not trust the environment: ``SignedRest`` looks the
+    proxy up once per endpoint instead of aiohttp on every request."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def __call__(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(trust_env=False, connector=aiohttp.TCPConnector(limit=self._limit))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
 class SignedRest:
     """Requests to one storage service endpoint (*url*: its origin and root path), signed with
     *credential*; *headers_to_sign* is the service's SharedKeyLite text before the resource."""

@@ -42,14 +42,13 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar
 
-import aiohttp
 import orjson
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty, TableEntity, TableTransactionError, UpdateMode
 from azure.data.tables.aio import TableServiceClient
 
-from function_app.azure.signed_rest import RequestHook
+from function_app.azure.signed_rest import LazySession, RequestHook
 from function_app.azure.table_rest import LeanTableClient
 from function_app.core.errors import CheckpointConflictError
 from function_app.core.model import (
@@ -256,7 +255,8 @@ class TableStateStore:
     ) -> None:
         self._service = service
         self._request_hook = request_hook
-        self._http: aiohttp.ClientSession | None = None
+        # The lean calls' session, shared by the three tables.
+        self._session = LazySession(limit=_PARALLEL * 2)
         self._names = (checkpoints_table, ledger_table, runs_table)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._tables: tuple[LeanTableClient, LeanTableClient, LeanTableClient] | None = None
@@ -275,16 +275,7 @@ class TableStateStore:
             for table in self._tables:
                 await table.close()
         await self._service.close()
-        if self._http is not None:
-            await self._http.close()
-
-    def _session(self) -> aiohttp.ClientSession:
-        """The session of the lean calls, opened on first use (inside the event loop). It does not
-        trust the environment: LeanTableClient looks the proxy up once (see storage.EnvProxyTransport)."""
-        if self._http is None:
-            self._http = aiohttp.ClientSession(trust_env=False,
-                                               connector=aiohttp.TCPConnector(limit=_PARALLEL * 2))
-        return self._http
+        await self._session.close()
 
     async def __aenter__(self) -> TableStateStore:
         return self
