@@ -43,7 +43,7 @@ import uuid
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol, cast
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import unquote, urlsplit
 
 import orjson
@@ -645,9 +645,10 @@ class AdxSink:
         """Add the carried mirror rows, finish the gzip stream and hand it to the client (worker
         thread; every blob's rows are written by now)."""
         try:
-            merged: dict[str, Sequence[Mapping[str, Any]]] = {}
+            mirrored: dict[str, list[Mapping[str, Any]]] = {}
             for name, row in carried:
-                cast(list[Mapping[str, Any]], merged.setdefault(name, [])).append(row)
+                mirrored.setdefault(name, []).append(row)
+            merged: dict[str, Sequence[Mapping[str, Any]]] = dict(mirrored)
             if batch.observers:
                 # One row per (group, path, type) for the whole batch instead of one per blob: a blob
                 # of ~40 records has ~6 such rows a record, ~80 % of its staging rows (make bench).

@@ -196,16 +196,16 @@ class SchemaObserver(Sequence[dict[str, Any]]):
         # asks each blob's for its size and never reads its rows.
         if self._rows is not None:
             return len(self._rows)
-        shapes: dict[tuple[str, int, str], list[_Known]] = {}
-        for group, known, *_ in self._tallies.values():
-            shapes.setdefault(group, []).append(known)
-        total = 0
-        for group, knowns in shapes.items():
-            if len(knowns) == 1:
-                total += len(knowns[0].templates(group))
-            else:
-                total += len(set().union(*(known.templates(group) for known in knowns)))
-        return total
+        # One row per (path, type) of a group, whichever of its shapes saw it (as ``rows`` folds them).
+        return sum(len(set().union(*(tally[1].templates(group) for tally in tallies)))
+                   for group, tallies in self._by_group().items())
+
+    def _by_group(self) -> dict[tuple[str, int, str], list[list[Any]]]:
+        """The tallies of each (Workload, RecordType, Operation): one per shape seen."""
+        by_group: dict[tuple[str, int, str], list[list[Any]]] = {}
+        for tally in self._tallies.values():
+            by_group.setdefault(tally[0], []).append(tally)
+        return by_group
 
     @overload
     def __getitem__(self, index: int) -> dict[str, Any]: ...
@@ -272,11 +272,8 @@ class SchemaObserver(Sequence[dict[str, Any]]):
 
     def rows(self) -> list[dict[str, Any]]:
         """``SchemaObservation`` rows, one per (Workload, RecordType, Operation, FieldPath, FieldType)."""
-        by_group: dict[tuple[str, int, str], list[list[Any]]] = {}
-        for tally in self._tallies.values():
-            by_group.setdefault(tally[0], []).append(tally)
         out = []
-        for group, tallies in by_group.items():
+        for group, tallies in self._by_group().items():
             if len(tallies) == 1:
                 _, known, first, last, count = tallies[0]
                 for template in known.templates(group).values():

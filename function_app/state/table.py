@@ -521,10 +521,11 @@ class TableStateStore:
             try:
                 results = await table.submit_transaction([("update", props, _if_unchanged(etag)), also])
             except TableTransactionError as exc:
-                if _failed_at(exc, 2) == 0 and exc.status_code == 412:
-                    raise ResourceModifiedError(message=exc.message) from exc
-                if _failed_at(exc, 2) == 0 and exc.status_code == 404:
-                    raise ResourceNotFoundError(message=exc.message) from exc
+                if _failed_at(exc, 2) == 0:  # the row itself, not its marker
+                    if exc.status_code == 412:
+                        raise ResourceModifiedError(message=exc.message) from exc
+                    if exc.status_code == 404:
+                        raise ResourceNotFoundError(message=exc.message) from exc
             else:
                 return str(results[0]["etag"]), True
         meta = await table.update_entity(props, **_if_unchanged(etag))
