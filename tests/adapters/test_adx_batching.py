@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import operator
 import os
 import uuid
 import zlib
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -34,7 +35,7 @@ from function_app.lake.adx import (
     source_id,
 )
 from function_app.lake.derived_tables import BODIES
-from function_app.lake.schema import RECORD_TABLES, TABLES_BY_NAME
+from function_app.lake.schema import RECORD_TABLES, TABLES_BY_NAME, Merge
 from function_app.lake.staging import STAGING_TABLE
 from function_app.records.flatten import BlobContext
 from function_app.records.tables import flatten_tables
@@ -213,19 +214,28 @@ def test_the_schema_observations_of_a_batch_go_folded_and_read_the_same_in_the_s
     got = by_table(drained.raw_ingestions)
     table = TABLES_BY_NAME["SchemaObservation"]
 
-    def summary(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-        # SchemaObservationSummary's rule: earliest FirstSeen, latest LastSeen, Records summed.
-        out: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+    folds: dict[Merge, Callable[[Any, Any], Any]] = {Merge.MIN: min, Merge.MAX: max, Merge.SUM: operator.add}
+    merged = [c for c in table.columns if c.merge is not None]
+    assert [c.name for c in merged] == ["FirstSeen", "LastSeen", "Records"]
+
+    def summary(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], dict[str, Any]]:
+        # SchemaObservationSummary's rule: each column folded by its merge rule in the schema.
+        out: dict[tuple[Any, ...], dict[str, Any]] = {}
         for row in (as_adx(table, r) for r in rows):
             key = tuple(row[k] for k in table.key)
-            first, last, count = out.get(key, (row["FirstSeen"], row["LastSeen"], 0))
-            out[key] = (min(first, row["FirstSeen"]), max(last, row["LastSeen"]), count + row["Records"])
+            held = out.get(key)
+            if held is None:
+                out[key] = {c.name: row[c.name] for c in merged}
+                continue
+            for c in merged:
+                assert c.merge is not None
+                held[c.name] = folds[c.merge](held[c.name], row[c.name])
         return out
 
     assert len(got["SchemaObservation"]) == len(summary(per_blob)) < len(per_blob)  # one row a key
     assert summary(got["SchemaObservation"]) == summary(per_blob)
     audit = TABLES_BY_NAME["AuditRecord"]
-    sent = [r for b in blobs for r in tables[b.content_id]["AuditRecord"]]
+    sent = [dict(r) for b in blobs for r in tables[b.content_id]["AuditRecord"]]
     assert canonical(audit, got["AuditRecord"]) == canonical(audit, sent)
 
 
