@@ -200,6 +200,12 @@ class SchemaObserver(Sequence[dict[str, Any]]):
         return sum(len(set().union(*(tally[1].templates(group) for tally in tallies)))
                    for group, tallies in self._by_group().items())
 
+    def __bool__(self) -> bool:
+        # A writer asks whether there is anything to write before it iterates: answered by the
+        # first shape with a field (templates are made once per shape) instead of counting every
+        # row (``__len__``), which the ADX sink paid again for each batch's fold.
+        return any(tally[1].templates(tally[0]) for tally in self._tallies.values())
+
     def _by_group(self) -> dict[tuple[str, int, str], list[list[Any]]]:
         """The tallies of each (Workload, RecordType, Operation): one per shape seen."""
         by_group: dict[tuple[str, int, str], list[list[Any]]] = {}

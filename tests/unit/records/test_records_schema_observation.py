@@ -167,3 +167,14 @@ def test_an_observer_counts_its_rows_without_making_them() -> None:
         assert bool(observer) == (counted > 0)
     folded = SchemaObserver.fold([observer, observer])
     assert len(folded) == len(observer.rows())
+
+
+def test_an_observer_is_true_only_with_a_row_to_write_and_says_so_without_making_rows() -> None:
+    observer = SchemaObserver(CTX.ingested_at)
+    assert not observer
+    observer.add({}, flatten_record({}, CTX))  # observed, but a record without fields has no path
+    assert not observer and len(observer) == 0
+    observer.add(rec(0), flatten_record(rec(0), CTX))
+    assert observer
+    assert observer._rows is None, "answering made the rows"
+    assert len(observer.rows()) > 0
