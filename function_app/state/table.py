@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -80,6 +81,7 @@ _OPEN_END = "%O;"  # the next RowKey after every OPEN_PREFIX key (":" + 1 == ";"
 
 # Characters Table Storage forbids in keys (plus "%", the escape itself).
 _FORBIDDEN = frozenset("/\\#?%")
+_KEY_SAFE = re.compile(r"[^/\\#?%\x00-\x1f\x7f-\x9f]*")
 # A string property holds at most 64 KiB of UTF-16; leave room for surrogate pairs.
 _MAX_STRING = 30_000
 # Concurrent point operations per call: enough to hide latency, few enough to stay polite.
@@ -111,6 +113,9 @@ def encode_key(value: str) -> str:
     Percent-encodes only what Table Storage forbids (``/ \\ # ?`` and control characters)
     and ``%`` itself, so ordinary content ids (``$``, ``_``, digits) stay readable.
     """
+    if _KEY_SAFE.fullmatch(value):
+        # Content ids and tenant ids almost always are (a ledger write encodes several keys).
+        return value
     out = []
     for ch in value:
         code = ord(ch)
