@@ -294,9 +294,11 @@ class TableStateStore:
             async with self._lock:
                 if self._tables is None:
                     clients = []
-                    for name in self._names:
+                    for index, name in enumerate(self._names):
                         sdk = await self._service.create_table_if_not_exists(name)
-                        clients.append(LeanTableClient(sdk, self._session, request_hook=self._request_hook))
+                        # The ledger's writes of concurrent blobs go together (table_rest._Coalescer).
+                        clients.append(LeanTableClient(sdk, self._session, request_hook=self._request_hook,
+                                                       coalesce=index == 1))
                     self._tables = (clients[0], clients[1], clients[2])
         return self._tables
 
