@@ -24,9 +24,9 @@ the Functions worker here and nothing else:
   per record is the timer's plus the content messages' (the process's CPU over the span they
   run in, since they overlap), over the records the ledger (the app's Table Storage ``Ledger``)
   says the blobs had; both parts are reported too. The timer's share is not a start-up cost to
-  leave out: it grows with the blobs it hands on (measured at 28, 312 and 636 blobs: ~19 ms of
-  CPU per blob on top of ~0.3 s, which is all a cold instance adds: imports, clients, ADX
-  resource look-ups; ~25 µs per record at this size, included).
+  leave out: it grows with the blobs it hands on (measured at 61 and 304 blobs: ~1 ms of CPU per
+  blob on top of ~0.24 s, which is all a cold instance adds: imports, clients; ~19 µs per record
+  at this size, included).
 * The sink's staging ingestions are counted from its per-batch debug line (``staging_batches``,
   ``blobs_per_batch``, and how long each batch waited for its blobs from its first one,
   ``batch_wait_ms_p50``/``p95``); ``message_ms_p50``/``p95`` is the wall time of one delivery,
