@@ -162,8 +162,11 @@ def test_collect_on_a_full_disk_stops_with_one_line_and_a_rerun_after_freeing_sp
             started = datetime.now(UTC)
             argv = _namespaced([sys.executable, str(driver), str(disk), str(out), str(3 << 20),
                                 *_collect_cmd(emu.api_root, "{lake}")])
-            # Commits of 50 records, so the disk fills between two of them, not at the first.
-            proc = await asyncio.to_thread(subprocess.run, argv, env=collect_env(AUDITLAKE_COMMIT_RECORDS="50"),
+            # Small commits, so the disk fills between two of them, not at the first. One blob fetched at a
+            # time: with more, a busy machine handed the first commit all the blobs fetched while the lake
+            # was being created, and the disk filled at that commit (no blob ingested in the first run).
+            proc = await asyncio.to_thread(subprocess.run, argv,
+                                           env=collect_env(AUDITLAKE_COMMIT_RECORDS="50", AUDITLAKE_CONCURRENCY="1"),
                                            cwd=REPO, capture_output=True, text=True, timeout=1200)
             assert proc.returncode == 0, f"the disk-full driver failed (mount namespace, tmpfs):\n{proc.stderr}"
             runs: list[dict[str, Any]] = json.loads((out / "runs.json").read_text())
