@@ -52,16 +52,24 @@ class MemoryBudget:
         self.peak = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
+    def try_reserve(self, amount: int) -> Reservation | None:
+        """Hold *amount* (cut to the limit) if it fits now and nobody waits before it, else None."""
+        amount = max(0, min(amount, self.limit))
+        if not self._waiters and self.in_use + amount <= self.limit:
+            self._take(amount)
+            return Reservation(self, amount)
+        return None
+
     async def reserve(self, amount: int) -> Reservation:
         """Wait until *amount* bytes fit beside what is held, then hold them.
 
         An amount over the whole limit is cut to the limit (it then runs alone): the caller's
         size cap, not this budget, decides which blobs are refused.
         """
+        granted = self.try_reserve(amount)
+        if granted is not None:
+            return granted
         amount = max(0, min(amount, self.limit))
-        if not self._waiters and self.in_use + amount <= self.limit:
-            self._take(amount)
-            return Reservation(self, amount)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((amount, waiter))
         try:

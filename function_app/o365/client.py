@@ -34,6 +34,9 @@ NEXT_PAGE_HEADERS = ("NextPageUri", "NextPageUrl")
 CONTENT_LIFETIME = timedelta(days=7)
 _ERROR_BODY_LIMIT = 64 * 1024
 _CHUNK = 64 * 1024
+# GETs of one blob while waiting for the memory it needs: the first answer names its size, the
+# second is read; a third only if the body grew meanwhile, and it is read whatever it holds.
+_MEMORY_ROUNDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,36 +254,54 @@ class ManagementApiClient:
         return content
 
     async def _get_blob(self, url: URL, tenant_id: str) -> FetchedContent:
-        headers = await self._headers(tenant_id)
-        async with self._session.get(
-            url, headers=headers, timeout=self._timeout, allow_redirects=False
-        ) as response:
-            if response.status >= 300:
-                error_body = await response.content.read(_ERROR_BODY_LIMIT)
-                raise error_of(Answer(response.status, response.headers, error_body))
-            reservation = await self._reserve(response.content_length)
-            try:
-                body = await self._read_capped(response)
-            except BaseException:
-                reservation.release()
-                raise
+        # The memory a body will cost is held before it is read (``core.budget``). When it is not
+        # free at once, the answer is left unread and the memory waited for with no request open,
+        # then the blob asked for again: the request's total timeout would otherwise run out while
+        # it waits, and the read of a large body fail, behind a queue of large blobs (the bigger
+        # the host's batch, the longer that queue).
+        held: Reservation | None = None
+        try:
+            for asked in range(_MEMORY_ROUNDS):
+                headers = await self._headers(tenant_id)
+                async with self._session.get(
+                    url, headers=headers, timeout=self._timeout, allow_redirects=False
+                ) as response:
+                    if response.status >= 300:
+                        error_body = await response.content.read(_ERROR_BODY_LIMIT)
+                        raise error_of(Answer(response.status, response.headers, error_body))
+                    needed = self._memory_needed(response.content_length)
+                    if held is not None and held.amount < needed:  # larger than the answer before
+                        held.release()
+                        held = None
+                    if held is None and self._memory is not None:
+                        held = self._memory.try_reserve(needed)
+                    if held is not None or self._memory is None or asked == _MEMORY_ROUNDS - 1:
+                        body = await self._read_capped(response)
+                        break
+                assert self._memory is not None  # only a budget makes a blob wait
+                held = await self._memory.reserve(needed)
+            reservation = held or NO_RESERVATION
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
         try:
             return self._parsed(body, url, tenant_id, reservation)
         except BaseException:
             reservation.release()
             raise
 
-    async def _reserve(self, content_length: int | None) -> Reservation:
-        """Hold the memory this blob will cost before reading it (``core.budget``); a body over
-        the size cap is refused first, so it never waits for memory it will not use."""
+    def _memory_needed(self, content_length: int | None) -> int:
+        """What a body of *content_length* bytes will cost; a body over the size cap is refused
+        first, so it never waits for memory it will not use."""
         limit = self._max_blob_bytes
         if limit is not None and content_length is not None and content_length > limit:
             raise MalformedContentError(f"blob of {content_length} bytes exceeds the limit of {limit} bytes")
         if self._memory is None:
-            return NO_RESERVATION
+            return 0
         # Without a Content-Length the body may be as large as the cap allows.
         expected = content_length if content_length is not None else (limit or self._memory.limit)
-        return await self._memory.reserve(self._memory_factor * expected)
+        return self._memory_factor * expected
 
     def _parsed(self, body: bytes | bytearray, url: URL, tenant_id: str, reservation: Reservation) -> FetchedContent:
         content = parse_content(body)

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDictProxy, MultiMapping
 
+from function_app.core.budget import MemoryBudget
 from function_app.o365.auth import StaticTokenProvider
 from function_app.o365.client import ManagementApiClient
 from function_app.o365.retry import RetryPolicy
@@ -103,7 +104,8 @@ class Harness:
 
 @asynccontextmanager
 async def harness(
-    replies: list[Reply], *, max_blob_bytes: int | None = None, **policy: Any
+    replies: list[Reply], *, max_blob_bytes: int | None = None, memory: MemoryBudget | None = None,
+    timeout: float = 10, **policy: Any
 ) -> AsyncIterator[Harness]:
     api = FakeApi(replies)
     app = web.Application()
@@ -124,7 +126,9 @@ async def harness(
             publisher_id=PUBLISHER,
             tokens=StaticTokenProvider(TOKEN),
             retry=retry,
-            timeout=10,
+            timeout=timeout,
             max_blob_bytes=max_blob_bytes,
+            memory=memory,
+            memory_factor=1,
         )
         yield Harness(api, client, root, sleeps)

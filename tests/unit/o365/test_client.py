@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
+from function_app.core.budget import MemoryBudget
 from function_app.core.errors import (
     ContentExpiredError,
     ContentNotFoundError,
@@ -493,3 +494,45 @@ def test_the_token_never_reaches_the_logs(caplog: pytest.LogCaptureFixture) -> N
     assert TOKEN not in caplog.text
     assert "Bearer" not in caplog.text
     assert all(TOKEN not in str(e) and TOKEN not in repr(e) for e in errors)
+
+
+def test_a_blob_waiting_for_memory_longer_than_its_request_may_last_is_fetched_once_memory_frees() -> None:
+    # A body far larger than the socket buffers, so it cannot sit whole in the client before the read.
+    whole = orjson.dumps([{"Id": str(i), "pad": "x" * 200} for i in range(20_000)])
+    budget = MemoryBudget(len(whole))
+
+    async def scenario() -> tuple[Harness, FetchedContent, float]:
+        async with harness([Reply(200, whole), Reply(200, whole)], memory=budget, timeout=0.5) as h:
+            neighbour = await budget.reserve(1)  # another blob holds memory for longer than a request may last
+
+            async def neighbour_done() -> None:
+                await asyncio.sleep(1.5)
+                neighbour.release()
+
+            freed = asyncio.create_task(neighbour_done())
+            started = asyncio.get_running_loop().time()
+            fetched = await h.client.fetch_content(TENANT, h.blob_uri(CONTENT_ID))
+            waited = asyncio.get_running_loop().time() - started
+            await freed
+            return h, fetched, waited
+
+    h, fetched, waited = asyncio.run(scenario())
+    assert len(fetched.records) == 20_000 and waited >= 1.5
+    # The first answer only named the size; the wait held no request open, so nothing timed out
+    # and nothing was retried; the second answer was read.
+    assert len(h.api.seen) == 2 and h.sleeps == []
+    assert budget.in_use == len(whole)  # held for the blob until its rows are written
+    fetched.reservation.release()
+    assert budget.in_use == 0
+
+
+def test_a_blob_whose_memory_is_free_is_fetched_with_one_request() -> None:
+    whole = orjson.dumps([{"Id": str(i)} for i in range(100)])
+    budget = MemoryBudget(10 * len(whole))
+
+    async def scenario() -> tuple[Harness, FetchedContent]:
+        async with harness([Reply(200, whole)], memory=budget) as h:
+            return h, await h.client.fetch_content(TENANT, h.blob_uri(CONTENT_ID))
+
+    h, fetched = asyncio.run(scenario())
+    assert len(fetched.records) == 100 and len(h.api.seen) == 1 and budget.in_use == len(whole)
