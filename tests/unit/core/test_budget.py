@@ -75,3 +75,26 @@ def test_a_cancelled_waiter_gives_its_place_to_the_next() -> None:
 def test_a_budget_must_hold_something() -> None:
     with pytest.raises(ValueError, match="at least one byte"):
         MemoryBudget(0)
+
+
+def test_trying_takes_what_fits_now_and_never_jumps_the_queue() -> None:
+    async def run() -> None:
+        budget = MemoryBudget(100)
+        first = budget.try_reserve(70)
+        assert first is not None and budget.in_use == 70
+        assert budget.try_reserve(40) is None and budget.in_use == 70  # does not fit: nothing held
+        waiting = asyncio.create_task(budget.reserve(40))
+        await asyncio.sleep(0)
+        assert budget.try_reserve(10) is None, "it would fit, but a waiter came first"
+        first.release()
+        granted = await waiting
+        assert budget.in_use == 40
+        over = budget.try_reserve(1_000)  # cut to the whole limit, which does not fit beside the 40 held
+        assert over is None
+        granted.release()
+        whole = budget.try_reserve(1_000)
+        assert whole is not None and whole.amount == 100
+        whole.release()
+        assert budget.in_use == 0
+
+    asyncio.run(run())
