@@ -36,7 +36,12 @@ from typing import Any, Protocol
 import aiohttp
 
 from function_app.config import AzureSettings, Settings, TenantConfig
-from function_app.core.budget import BLOB_MEMORY_FACTOR, LAKE_BLOB_MEMORY_FACTOR, MemoryBudget
+from function_app.core.budget import (
+    AZURE_MEMORY_WAIT_SECONDS,
+    BLOB_MEMORY_FACTOR,
+    LAKE_BLOB_MEMORY_FACTOR,
+    MemoryBudget,
+)
 from function_app.core.delivery import TenantApi
 from function_app.core.errors import UntrustedMessageError
 from function_app.core.model import CONTENT_TYPES, ContentBlob, FetchedContent
@@ -310,6 +315,7 @@ def _open_entra(
 async def _open_clients(
     settings: Settings, feeds: Sequence[TenantConfig], session: aiohttp.ClientSession, stack: AsyncExitStack, *,
     keep_body: bool, memory_factor: int, tokens: TokenProvider | None, env: Mapping[str, str],
+    memory_wait: float | None = None,
 ) -> TenantRouter:
     # One budget for the process: every blob in flight, whichever tenant, draws from it.
     memory = MemoryBudget(settings.memory_budget_mb * 1024 * 1024)
@@ -329,7 +335,7 @@ async def _open_clients(
                 session, api_root=root, publisher_id=publisher, tokens=provider,
                 retry=_retry_of(settings),
                 timeout=settings.http_timeout, max_blob_bytes=settings.max_blob_bytes,
-                keep_body=keep_body, memory=memory, memory_factor=memory_factor,
+                keep_body=keep_body, memory=memory, memory_factor=memory_factor, memory_wait=memory_wait,
             )
             clients[root] = client
         apis[tenant.tenant_id] = TenantApi(client, client.api_root)
@@ -396,7 +402,9 @@ async def open_parts(
         session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
         router = await _open_clients(settings, chosen, session, stack, keep_body=keep_body or azure is not None,
                                      memory_factor=LAKE_BLOB_MEMORY_FACTOR if into_lake else BLOB_MEMORY_FACTOR,
-                                     tokens=tokens, env=environ)
+                                     tokens=tokens, env=environ,
+                                     # A queued delivery has a time limit; the local collector has none.
+                                     memory_wait=AZURE_MEMORY_WAIT_SECONDS if azure is not None else None)
         searcher = _open_search(settings, chosen, session, stack, tokens=tokens, env=environ) if search else None
         entra_logs = _open_entra(settings, chosen, session, stack, tokens=tokens, env=environ) if entra else None
         queue: ContentQueue | None = None

@@ -23,6 +23,14 @@ LAKE_BLOB_MEMORY_FACTOR = 20
 JSON text of every dynamic cell, DuckDB's own buffers): ``make bench`` measures it (blob50mb)."""
 
 
+AZURE_MEMORY_WAIT_SECONDS = 300.0
+"""Longest a blob of a content message waits for memory before the message is handed back
+(``core.errors.MemoryWaitError``): half of host.json's ``functionTimeout``, so an invocation queued
+behind many blobs near the size cap gives its message back instead of running out of time
+(``tests/azure/test_indexing.py`` checks the two against each other). The local collector has no
+timeout and waits as long as it takes."""
+
+
 class Reservation:
     """Bytes held from a ``MemoryBudget``; ``release`` is idempotent."""
 

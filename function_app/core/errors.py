@@ -64,6 +64,11 @@ class MalformedContentError(Exception):
         self.salvaged = salvaged or []
 
 
+class MemoryWaitError(Exception):
+    """A blob waited longer than its path allows for the memory its body needs (behind larger
+    blobs): nothing was read, and the delivery is handed back to be tried again later."""
+
+
 class UntrustedMessageError(Exception):
     """A queue message or content URI that fails validation; it is dead-lettered, never fetched.
 

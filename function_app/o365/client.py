@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import orjson
 from yarl import URL
 
 from function_app.core.budget import BLOB_MEMORY_FACTOR, NO_RESERVATION, MemoryBudget, Reservation
-from function_app.core.errors import ApiError, MalformedContentError, PermanentApiError, RetryableError
+from function_app.core.errors import ApiError, MalformedContentError, MemoryWaitError, PermanentApiError, RetryableError
 from function_app.core.messages import check_content_uri
 from function_app.core.model import ContentBlob, FetchedContent, utc
 from function_app.o365.auth import TokenProvider
@@ -69,6 +70,7 @@ class ManagementApiClient:
         keep_body: bool = False,
         memory: MemoryBudget | None = None,
         memory_factor: int = BLOB_MEMORY_FACTOR,
+        memory_wait: float | None = None,
     ) -> None:
         if not publisher_id.strip():
             raise ValueError("publisher_id must be the publisher's tenant GUID, not empty")
@@ -88,6 +90,7 @@ class ManagementApiClient:
         self._keep_body = keep_body
         self._memory = memory
         self._memory_factor = memory_factor
+        self._memory_wait = memory_wait
 
     @property
     def api_root(self) -> str:
@@ -278,8 +281,7 @@ class ManagementApiClient:
                     if held is not None or self._memory is None or asked == _MEMORY_ROUNDS - 1:
                         body = await self._read_capped(response)
                         break
-                assert self._memory is not None  # only a budget makes a blob wait
-                held = await self._memory.reserve(needed)
+                held = await self._wait_for_memory(needed)
             reservation = held or NO_RESERVATION
         except BaseException:
             if held is not None:
@@ -290,6 +292,18 @@ class ManagementApiClient:
         except BaseException:
             reservation.release()
             raise
+
+    async def _wait_for_memory(self, needed: int) -> Reservation:
+        assert self._memory is not None  # only a budget makes a blob wait
+        if self._memory_wait is None:
+            return await self._memory.reserve(needed)
+        try:
+            async with asyncio.timeout(self._memory_wait):
+                return await self._memory.reserve(needed)
+        except TimeoutError:
+            # Not an API error (the blob is fine) and not retried here (it would only queue again).
+            raise MemoryWaitError(f"waited {self._memory_wait:g} s for {needed} bytes of memory behind larger "
+                                  f"blobs; handed back to be tried again") from None
 
     def _memory_needed(self, content_length: int | None) -> int:
         """What a body of *content_length* bytes will cost; a body over the size cap is refused

@@ -105,7 +105,7 @@ class Harness:
 @asynccontextmanager
 async def harness(
     replies: list[Reply], *, max_blob_bytes: int | None = None, memory: MemoryBudget | None = None,
-    timeout: float = 10, **policy: Any
+    memory_wait: float | None = None, timeout: float = 10, **policy: Any
 ) -> AsyncIterator[Harness]:
     api = FakeApi(replies)
     app = web.Application()
@@ -130,5 +130,6 @@ async def harness(
             max_blob_bytes=max_blob_bytes,
             memory=memory,
             memory_factor=1,
+            memory_wait=memory_wait,
         )
         yield Harness(api, client, root, sleeps)

@@ -15,6 +15,7 @@ from function_app.core.errors import (
     ContentExpiredError,
     ContentNotFoundError,
     MalformedContentError,
+    MemoryWaitError,
     PermanentApiError,
     RetryableError,
     SubscriptionMissingError,
@@ -536,3 +537,23 @@ def test_a_blob_whose_memory_is_free_is_fetched_with_one_request() -> None:
 
     h, fetched = asyncio.run(scenario())
     assert len(fetched.records) == 100 and len(h.api.seen) == 1 and budget.in_use == len(whole)
+
+
+def test_a_blob_that_may_wait_only_so_long_for_memory_gives_up_with_one_clear_error_and_holds_nothing() -> None:
+    whole = orjson.dumps([{"Id": str(i)} for i in range(100)])
+    budget = MemoryBudget(len(whole))
+
+    async def scenario() -> Harness:
+        async with harness([Reply(200, whole)], memory=budget, memory_wait=0.2) as h:
+            neighbour = await budget.reserve(1)
+            with pytest.raises(MemoryWaitError, match=rf"waited 0.2 s for {len(whole)} bytes of memory"):
+                await h.client.fetch_content(TENANT, h.blob_uri(CONTENT_ID))
+            neighbour.release()
+            assert budget.in_use == 0, "the blob that gave up still holds memory"
+            again = budget.try_reserve(len(whole))
+            assert again is not None, "the blob that gave up still waits in the queue"
+            again.release()
+            return h
+
+    h = asyncio.run(scenario())
+    assert len(h.api.seen) == 1 and h.sleeps == []  # handed back, not retried here
