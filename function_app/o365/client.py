@@ -273,8 +273,8 @@ class ManagementApiClient:
                         error_body = await response.content.read(_ERROR_BODY_LIMIT)
                         raise error_of(Answer(response.status, response.headers, error_body))
                     needed = self._memory_needed(response.content_length)
-                    if held is not None and held.amount < needed:  # larger than the answer before
-                        held.release()
+                    if held is not None and self._memory is not None and held.amount < min(needed, self._memory.limit):
+                        held.release()  # larger than the answer before
                         held = None
                     if held is None and self._memory is not None:
                         held = self._memory.try_reserve(needed)
@@ -282,7 +282,7 @@ class ManagementApiClient:
                         body = await self._read_capped(response)
                         break
                 held = await self._wait_for_memory(needed)
-            reservation = held or NO_RESERVATION
+            reservation = held if held is not None else NO_RESERVATION
         except BaseException:
             if held is not None:
                 held.release()

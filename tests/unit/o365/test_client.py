@@ -557,3 +557,32 @@ def test_a_blob_that_may_wait_only_so_long_for_memory_gives_up_with_one_clear_er
 
     h = asyncio.run(scenario())
     assert len(h.api.seen) == 1 and h.sleeps == []  # handed back, not retried here
+
+
+def test_a_blob_larger_than_the_whole_budget_waits_for_all_of_it_once_and_keeps_its_place() -> None:
+    whole = orjson.dumps([{"Id": str(i), "pad": "x" * 200} for i in range(2_000)])
+    budget = MemoryBudget(len(whole) // 2)  # it runs alone, holding the whole budget
+
+    async def scenario() -> tuple[Harness, FetchedContent, bool]:
+        async with harness([Reply(200, whole)] * 3, memory=budget) as h:
+            neighbour = await budget.reserve(1)
+            asyncio.get_running_loop().call_later(0.3, neighbour.release)
+
+            async def later_blob() -> None:  # queues behind the big one while it waits
+                await asyncio.sleep(0.1)
+                held = await budget.reserve(1)
+                await asyncio.sleep(0.5)
+                held.release()
+
+            later = asyncio.create_task(later_blob())
+            fetched = await h.client.fetch_content(TENANT, h.blob_uri(CONTENT_ID))
+            overtaken = later.done() or budget.in_use != budget.limit
+            fetched.reservation.release()
+            await later
+            return h, fetched, overtaken
+
+    h, fetched, overtaken = asyncio.run(scenario())
+    assert len(fetched.records) == 2_000
+    # The memory it waited for (all of the budget) was kept for the second answer: not given up to the
+    # blob queued behind it, and not asked for a third time.
+    assert not overtaken and len(h.api.seen) == 2
