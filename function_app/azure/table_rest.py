@@ -63,6 +63,13 @@ def _quoted_key(key: str) -> str:
     return quote(key.replace("'", "''"), safe="")
 
 
+def refused_at(exc: TableTransactionError, size: int) -> int | None:
+    """The operation of a transaction of *size* the service refused, or None if it did not say
+    (the SDK reports 0 then)."""
+    head = (exc.message or "").split(":", 1)[0]
+    return exc.index if head.isdigit() and 0 <= exc.index < size else None
+
+
 def _error_text(body: bytes) -> tuple[str | None, str]:
     """The service's error code and message from an OData error body (or the body itself)."""
     try:
@@ -365,10 +372,9 @@ class _Coalescer:
 
     @staticmethod
     def _owner(parts: list[_Part], exc: TableTransactionError) -> _Part | None:
-        head = (exc.message or "").split(":", 1)[0]
-        if not head.isdigit():
+        index = refused_at(exc, sum(len(part.operations) for part in parts))
+        if index is None:
             return None
-        index = int(head)
         for part in parts:
             if index < len(part.operations):
                 return part

@@ -50,7 +50,7 @@ from azure.data.tables import EdmType, EntityProperty, TableEntity, TableTransac
 from azure.data.tables.aio import TableServiceClient
 
 from function_app.azure.signed_rest import LazySession, RequestHook
-from function_app.azure.table_rest import LeanTableClient
+from function_app.azure.table_rest import LeanTableClient, refused_at
 from function_app.core.errors import CheckpointConflictError
 from function_app.core.model import (
     TERMINAL_STATUSES,
@@ -81,7 +81,8 @@ _OPEN_END = "%O;"  # the next RowKey after every OPEN_PREFIX key (":" + 1 == ";"
 
 # Characters Table Storage forbids in keys (plus "%", the escape itself).
 _FORBIDDEN = frozenset("/\\#?%")
-_KEY_SAFE = re.compile(r"[^/\\#?%\x00-\x1f\x7f-\x9f]*")
+# A key with none of those nor a control character: encode_key leaves it as it is.
+_KEY_SAFE = re.compile("[^" + re.escape("".join(sorted(_FORBIDDEN))) + r"\x00-\x1f\x7f-\x9f]*")
 # A string property holds at most 64 KiB of UTF-16; leave room for surrogate pairs.
 _MAX_STRING = 30_000
 # Concurrent point operations per call: enough to hide latency, few enough to stay polite.
@@ -236,12 +237,6 @@ def _chunks(items: Iterable[T], blob_of: Callable[[T], ContentBlob], ops_per_ite
         by_partition[partition_key(blob.tenant_id, blob.content_type)].append(item)
     size = _TX_OPS // ops_per_item
     return [group[i:i + size] for group in by_partition.values() for i in range(0, len(group), size)]
-
-
-def _failed_at(exc: TableTransactionError, size: int) -> int | None:
-    """The operation the service refused, or None if it did not say (the SDK reports 0 then)."""
-    head = (exc.message or "").split(":", 1)[0]
-    return exc.index if head.isdigit() and 0 <= exc.index < size else None
 
 
 class TableStateStore:
@@ -420,7 +415,7 @@ class TableStateStore:
             try:
                 results = await table.submit_transaction(ops)
             except TableTransactionError as exc:
-                at = _failed_at(exc, len(ops))
+                at = refused_at(exc, len(ops))
                 if at is None:
                     break
                 for i, group in enumerate(groups):
@@ -528,7 +523,7 @@ class TableStateStore:
             try:
                 results = await table.submit_transaction([("update", props, _if_unchanged(etag)), also])
             except TableTransactionError as exc:
-                if _failed_at(exc, 2) == 0:  # the row itself, not its marker
+                if refused_at(exc, 2) == 0:  # the row itself, not its marker
                     if exc.status_code == 412:
                         raise ResourceModifiedError(message=exc.message) from exc
                     if exc.status_code == 404:
