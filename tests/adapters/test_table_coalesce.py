@@ -52,12 +52,17 @@ async def etags(sdk: TableClient, keys: list[str], pk: str = PK) -> list[str]:
     return [str((await sdk.get_entity(pk, rk)).metadata["etag"]) for rk in keys]
 
 
+async def created(sdk: TableClient, keys: list[str]) -> list[str]:
+    """Rows *keys*, ``queued``, written through the SDK; their ETags."""
+    for rk in keys:
+        await sdk.create_entity(row(rk))
+    return await etags(sdk, keys)
+
+
 def test_concurrent_guarded_updates_of_one_partition_go_as_one_transaction(azurite: Azurite) -> None:
     async def body(lean: LeanTableClient, sdk: TableClient, sent: list[str]) -> None:
         keys = [f"blob{i}" for i in range(12)]
-        for rk in keys:
-            await sdk.create_entity(row(rk))
-        before = await etags(sdk, keys)
+        before = await created(sdk, keys)
         sent.clear()
         metas = await asyncio.gather(*(lean.update_entity(row(rk, "ingested"), **guarded(etag))
                                        for rk, etag in zip(keys, before, strict=True)))
@@ -71,9 +76,7 @@ def test_concurrent_guarded_updates_of_one_partition_go_as_one_transaction(azuri
 def test_a_refused_caller_gets_its_own_error_and_the_others_are_written(azurite: Azurite) -> None:
     async def body(lean: LeanTableClient, sdk: TableClient, sent: list[str]) -> None:
         keys = [f"blob{i}" for i in range(6)]
-        for rk in keys:
-            await sdk.create_entity(row(rk))
-        before = await etags(sdk, keys)
+        before = await created(sdk, keys)
         await sdk.update_entity(row("blob3", "claimed elsewhere"), mode=UpdateMode.REPLACE)  # blob3's ETag moves
         await sdk.create_entity({"PartitionKey": PK, "RowKey": "%O:blob5"})
         sent.clear()
