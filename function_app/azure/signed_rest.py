@@ -31,7 +31,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from yarl import URL
 
-from function_app.azure.storage import env_proxy
+from function_app.azure.storage import ProxyLookup
 
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 # What azure-data-tables' retry policy retries (3 retries, 0.8 s doubling), and the SDKs' timeouts.
@@ -109,7 +109,7 @@ class SignedRest:
         self._hook = request_hook
         self._backoff_s = backoff_s
         self._token: tuple[str, float] | None = None
-        self._proxy: list[str | None] = []  # the proxy, once looked up
+        self._proxy = ProxyLookup()
 
     async def _authorization(self, method: str, path: str, headers: Mapping[str, str]) -> str:
         if self._key is not None:
@@ -124,10 +124,7 @@ class SignedRest:
         return f"Bearer {token[0]}"
 
     async def _proxy_for(self) -> str | None:
-        if not self._proxy:
-            # It reads .netrc: off the event loop, as aiohttp does.
-            self._proxy.append(await asyncio.to_thread(env_proxy, URL(self.origin)))
-        return self._proxy[0]
+        return await self._proxy(URL(self.origin))
 
     async def send(self, method: str, relative: str, *, body: bytes | None = None,
                    headers: Mapping[str, str] | None = None, query: str = "",

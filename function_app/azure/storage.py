@@ -42,6 +42,31 @@ def env_proxy(url: URL) -> str | None:
     return str(proxy)
 
 
+class ProxyLookup:
+    """``env_proxy`` once per scheme and host, however many requests ask at the same time.
+
+    The lookup reads ``.netrc`` in a worker thread; the Functions host starts dozens of messages
+    at once on a fresh instance, and each asked on its own before the first answer was in (~40
+    lookups for one host in the bench's Azure part). A lookup that failed is forgotten, so the
+    next request tries again."""
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[str, str], asyncio.Future[str | None]] = {}
+
+    async def __call__(self, url: URL) -> str | None:
+        where = (url.scheme, url.host or "")
+        found = self._found.get(where)
+        if found is None:
+            found = self._found[where] = asyncio.ensure_future(asyncio.to_thread(env_proxy, url))
+            found.add_done_callback(lambda done: self._forget_failed(where, done))
+        # Shielded: a request cancelled while it waits must not cancel the lookup the others wait for.
+        return await asyncio.shield(found)
+
+    def _forget_failed(self, where: tuple[str, str], done: asyncio.Future[str | None]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            self._found.pop(where, None)
+
+
 class EnvProxyTransport(AioHttpTransport):
     """azure-core's aiohttp transport, with the proxy environment read once per host.
 
@@ -57,16 +82,11 @@ class EnvProxyTransport(AioHttpTransport):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(use_env_settings=False, **kwargs)
-        self._proxy_for: dict[tuple[str, str], str | None] = {}
+        self._proxy_for = ProxyLookup()
 
     async def send(self, request: Any, **config: Any) -> Any:
         if not config.get("proxies") and not config.get("proxy"):
-            url = URL(request.url)
-            where = (url.scheme, url.host or "")
-            if where not in self._proxy_for:
-                # It reads .netrc: off the event loop, as aiohttp does.
-                self._proxy_for[where] = await asyncio.to_thread(env_proxy, url)
-            proxy = self._proxy_for[where]
+            proxy = await self._proxy_for(URL(request.url))
             if proxy is not None:
                 config["proxy"] = proxy
         return await super().send(request, **config)

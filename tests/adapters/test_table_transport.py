@@ -15,7 +15,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from azure.core.exceptions import HttpResponseError
+from yarl import URL
 
+from function_app.azure import storage
 from function_app.azure.storage import queue_client, table_service
 from function_app.azure.table_rest import LeanTableClient
 from function_app.config import StorageConnection
@@ -151,3 +153,31 @@ def test_the_ledgers_lean_calls_go_through_the_environments_proxy_too(
     assert [line.split(" ")[0] for line, _ in proxy.seen] == ["GET", "MERGE"]
     assert all(line.split(" ")[1].startswith(f"{azurite.table_endpoint}/Proxied(") for line, _ in proxy.seen)
     assert {auth for _, auth in proxy.seen} == {"Basic cHJveHktdXNlcjpwcm94eS1zZWNyZXQ="}
+
+
+def test_requests_that_start_together_read_the_environment_once_and_a_failed_read_is_tried_again(
+        azurite: Azurite, proxy: RecordingProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A fresh instance starts dozens of messages at once: they share one lookup of the proxy.
+    reads: list[str] = []
+    read = storage.env_proxy
+
+    def counted(url: URL) -> str | None:
+        reads.append(str(url))
+        if len(reads) == 1:
+            raise OSError("the .netrc could not be read")
+        return read(url)
+
+    monkeypatch.setattr(storage, "env_proxy", counted)
+    connection = StorageConnection(connection_string=azurite.connection_string)
+
+    async def main() -> None:
+        async with table_service(connection, None) as service, aiohttp.ClientSession() as session:
+            table = LeanTableClient(service.get_table_client("Proxied"), lambda: session)
+            with pytest.raises(OSError, match="netrc"):
+                await table.get_entity("p", "first")
+            answered = await asyncio.gather(*(answered_by_proxy(table.get_entity("p", f"r{n}")) for n in range(20)))
+            assert answered == [True] * 20
+
+    asyncio.run(main())
+    assert len(reads) == 2
+    assert len(proxy.seen) == 20
