@@ -79,6 +79,9 @@ from function_app.logredact import redact as redact  # re-exported; defined once
 from function_app.records.schema_observation import SchemaObserver
 
 log = logging.getLogger(__name__)
+# The one line per shared ingestion on a logger of its own, so it can be turned on (``make bench``
+# counts the batches from it) without the sink's per-blob debug lines.
+batch_log = logging.getLogger(f"{__name__}.batches")
 
 # Namespace of the per-(blob, table) source ids; fixed forever so retries of one blob
 # carry the same id in ADX's ingestion status and failure reports.
@@ -706,7 +709,7 @@ class AdxSink:
             # retried, and the views absorb the rows if the ingestion went after all.
             if not batch.done.done():
                 batch.done.set_result(RuntimeError("the shared ingestion was cancelled before it was accepted"))
-        log.debug("adx batch ingestion queued blobs=%d bytes=%d mirror_rows=%d waited_ms=%d", len(batch.keys),
+        batch_log.debug("adx batch ingestion queued blobs=%d bytes=%d mirror_rows=%d waited_ms=%d", len(batch.keys),
                   batch.size, len(carried), round(waited * 1000))
 
     async def _write_staged(self, blob: ContentBlob, tables: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:

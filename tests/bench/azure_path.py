@@ -172,8 +172,10 @@ async def _drive(connection: str, queue: str, queues: dict[str, Any]) -> dict[st
                 poisoned += 1
         latencies.append(time.perf_counter() - began)
 
-    batch_log = _BatchLog(logging.getLogger("function_app.lake.adx").getEffectiveLevel())
-    adx_log = logging.getLogger("function_app.lake.adx")
+    # Only the sink's per-batch line is turned on: its per-blob debug lines would cost the measured
+    # process CPU (a LogRecord each, redacted) that the app at its normal level does not spend.
+    batch_log = _BatchLog(logging.getLogger("function_app.lake.adx.batches").getEffectiveLevel())
+    adx_log = logging.getLogger("function_app.lake.adx.batches")
     former = adx_log.level
     adx_log.addFilter(batch_log)
     adx_log.setLevel(logging.DEBUG)
