@@ -3,8 +3,9 @@
 azure-data-tables costs 2-3 ms, and a transaction ~9 ms, since it builds and parses the multipart
 body with the ``email`` package). Nothing else changes:
 
-* entities are encoded and decoded by the SDK's own functions, so EDM types, ETags and the
-  ``TableEntity`` the store reads are exactly what the SDK would give;
+* entities are decoded by the SDK's own function and encoded exactly as its own function does
+  (``encode_entity``: the ledger's strings, flags and times directly, anything else by the SDK's),
+  so EDM types, ETags and the ``TableEntity`` the store reads are exactly what the SDK would give;
 * the same errors: ``ResourceNotFoundError`` (404), ``ResourceExistsError`` (409),
   ``ResourceModifiedError`` (412), ``TableTransactionError`` naming the refused operation's
   index, ``HttpResponseError`` for anything else; a delete of a missing entity is not an error,
@@ -25,6 +26,7 @@ import asyncio
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, cast
 from urllib.parse import quote
@@ -33,7 +35,7 @@ import aiohttp
 import orjson
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
-from azure.data.tables import TableEntity, TableTransactionError, UpdateMode
+from azure.data.tables import EdmType, EntityProperty, TableEntity, TableTransactionError, UpdateMode
 from azure.data.tables._deserialize import _convert_to_entity as _sdk_decode  # the SDK's own, on purpose
 from azure.data.tables._serialize import _add_entity_properties  # the SDK's own encoding, on purpose
 from azure.data.tables.aio import TableClient
@@ -49,6 +51,38 @@ _JSON = {**_ODATA, "Content-Type": "application/json"}
 
 # One operation of a transaction, as the SDK takes it: its name, the entity, keyword arguments.
 TransactionOp = tuple[str, Mapping[str, Any], Mapping[str, Any]]
+
+
+def _edm_datetime(value: datetime) -> str:
+    # The SDK's text of a time (strftime "%Y-%m-%dT%H:%M:%S.%fZ" in UTC), made ~5x faster.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def encode_entity(entity: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON properties of *entity*, exactly as the SDK's ``_add_entity_properties`` makes them.
+
+    The ledger's entities are strings, flags, times and 64-bit counts: encoded here. Any other value (numbers,
+    EDM tuples, the SDK's round-trip times, times before year 1000, which strftime does not pad)
+    sends the whole entity through the SDK's function. That function spent most of its time in
+    strftime (~2 % of the Azure path's client CPU: every claim, mark and listed blob writes one)."""
+    properties: dict[str, Any] = {}
+    for name, value in entity.items():
+        kind = type(value)
+        if kind is str:
+            properties[name] = value
+            properties[name + "@odata.type"] = "Edm.String"
+        elif kind is bool:
+            properties[name] = value
+        elif kind is datetime and value.year >= 1000:
+            properties[name] = _edm_datetime(value)
+            properties[name + "@odata.type"] = "Edm.DateTime"
+        elif kind is EntityProperty and value[1] is EdmType.INT64 and type(value[0]) is int \
+                and -(2**63) <= value[0] < 2**63:
+            properties[name] = str(value[0])
+            properties[name + "@odata.type"] = "Edm.Int64"
+        elif value is not None:
+            return _add_entity_properties(entity)
+    return properties
 
 
 def _key_path(table: str, partition_key: str, row_key: str) -> str:
@@ -126,7 +160,7 @@ class LeanTableClient:
 
     async def create_entity(self, entity: Mapping[str, Any]) -> dict[str, Any]:
         _, headers, _ = await self._rest.send("POST", "/" + quote(self.table_name, safe=""),
-                                              body=orjson.dumps(_add_entity_properties(entity)),
+                                              body=orjson.dumps(encode_entity(entity)),
                                               headers={**_JSON, "Prefer": "return-no-content"})
         return {"etag": headers.get("ETag")}
 
@@ -188,7 +222,7 @@ class LeanTableClient:
     async def _write(self, method: str, entity: Mapping[str, Any], if_match: str | None) -> dict[str, Any]:
         headers = _JSON if if_match is None else {**_JSON, "If-Match": if_match}
         path = "/" + _key_path(self.table_name, str(entity["PartitionKey"]), str(entity["RowKey"]))
-        _, got, _ = await self._rest.send(method, path, body=orjson.dumps(_add_entity_properties(entity)),
+        _, got, _ = await self._rest.send(method, path, body=orjson.dumps(encode_entity(entity)),
                                           headers=headers)
         return {"etag": got.get("ETag")}
 
@@ -196,7 +230,7 @@ class LeanTableClient:
         kind, entity, kwargs = op
         table = quote(self.table_name, safe="")
         key = _key_path(self.table_name, str(entity["PartitionKey"]), str(entity["RowKey"]))
-        body: bytes | None = orjson.dumps(_add_entity_properties(entity))
+        body: bytes | None = orjson.dumps(encode_entity(entity))
         extra = ""
         if kind == "create":
             method, path, extra = "POST", table, "Prefer: return-no-content\r\n"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import aiohttp
@@ -17,10 +17,13 @@ from azure.core import MatchConditions
 from azure.core.credentials import AccessToken, AzureNamedKeyCredential
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import EdmType, EntityProperty, TableTransactionError, UpdateMode
+from azure.data.tables._serialize import _add_entity_properties  # the reference encoding
 from azure.data.tables.aio import TableClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from function_app.azure.signed_rest import RETRIES, STORAGE_SCOPE
-from function_app.azure.table_rest import LeanTableClient
+from function_app.azure.table_rest import LeanTableClient, encode_entity
 from tests.azurite import Azurite
 
 PK = "tenant|Audit.Exchange"
@@ -234,3 +237,27 @@ def test_a_managed_identity_signs_with_a_bearer_token_fetched_once_and_renewed_b
     second = FlakyTable([])
     asyncio.run(against(second, expiring, three_calls))
     assert [h["Authorization"] for h in second.seen] == ["Bearer token1", "Bearer token2", "Bearer token3"]
+
+
+_ZONES = st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)), timezone(timedelta(hours=-8))])
+_VALUES = st.one_of(
+    st.text(max_size=20), st.booleans(), st.none(),
+    st.datetimes(min_value=datetime(1, 1, 1), timezones=_ZONES),
+    st.integers(min_value=-(2**70), max_value=2**70).map(lambda n: EntityProperty(n, EdmType.INT64)),
+    st.integers(min_value=-(2**40), max_value=2**40),
+    st.floats(allow_nan=True), st.uuids(),
+    st.sampled_from([EntityProperty(None, EdmType.INT64), EntityProperty("7", "Edm.Int64"),
+                     EntityProperty(3, EdmType.INT32), EntityProperty(b"x", EdmType.BINARY)]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=8), _VALUES, max_size=8))
+def test_entities_are_encoded_exactly_as_the_sdk_encodes_them(entity: dict[str, Any]) -> None:
+    try:
+        expected: Any = _add_entity_properties(entity)
+    except Exception as exc:  # the SDK refuses it: so must we, with the same error
+        with pytest.raises(type(exc)):
+            encode_entity(entity)
+        return
+    assert encode_entity(entity) == expected
