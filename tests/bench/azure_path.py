@@ -27,8 +27,13 @@ the Functions worker here and nothing else:
   leave out: it grows with the blobs it hands on (measured at 61 and 304 blobs: ~1 ms of CPU per
   blob on top of ~0.24 s, which is all a cold instance adds: imports, clients; ~19 µs per record
   at this size, included).
-* The sink's staging ingestions are counted from its per-batch debug line (``staging_batches``,
-  ``blobs_per_batch``, and how long each batch waited for its blobs from its first one,
+* The app logs as it does in Azure: the Python worker's handler on the root logger gets every record at
+  Information and above (host.json keeps the app's categories at Information) and formats it for the host
+  (``_WorkerLogHandler``), and the Azure SDKs' loggers are held at Warning as ``function_app/app.py`` holds
+  them there (~2.2 lines a blob: its claim, its ingestion, the timer's listings; ``log_lines``).
+* The sink's staging ingestions are counted from its per-batch debug line, the only debug line
+  turned on (``staging_batches``, ``blobs_per_batch``, and how long each batch waited for its
+  blobs from its first one,
   ``batch_wait_ms_p50``/``p95``); ``message_ms_p50``/``p95`` is the wall time of one delivery,
   the batch's wait included.
 * Ingestions are every message the ingest client queued for ADX (the fake's ready-for-aggregation
@@ -130,6 +135,22 @@ class _BatchLog(logging.Filter):
 BATCH_LOG = "adx batch ingestion queued blobs=%d bytes=%d mirror_rows=%d waited_ms=%d"
 
 
+class _WorkerLogHandler(logging.Handler):
+    """What the Python worker does with each record the app logs: host.json keeps the app's own
+    categories at Information, and the worker's handler on the root logger formats each record and
+    queues it for the host. Without it the bench's process would drop the app's Information lines
+    before they are made, which the app in Azure does not."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines = 0
+        self.shipped: deque[dict[str, Any]] = deque(maxlen=1000)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines += 1
+        self.shipped.append({"level": record.levelno, "message": self.format(record), "category": record.name})
+
+
 def _percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
@@ -139,7 +160,6 @@ def _percentile(values: list[float], q: float) -> float:
 
 async def _drive(connection: str, queue: str, queues: dict[str, Any]) -> dict[str, Any]:
     from azure.functions.queue import QueueMessage
-    from azure.functions.timer import TimerRequest
 
     import main
 
@@ -147,6 +167,25 @@ async def _drive(connection: str, queue: str, queues: dict[str, Any]) -> dict[st
                                                                       "newBatchThreshold"))
     functions = {f.get_function_name(): f.get_user_function() for f in main.app.get_functions()}
     message = cast(Callable[..., QueueMessage], QueueMessage)  # azure.functions is untyped
+    root, sdks, worker_log = logging.getLogger(), logging.getLogger("azure"), _WorkerLogHandler()
+    levels = root.level, sdks.level
+    root.addHandler(worker_log)
+    root.setLevel(logging.INFO)
+    sdks.setLevel(logging.WARNING)  # as function_app/app.py sets it in Azure (FUNCTIONS_WORKER_RUNTIME is unset here)
+    try:
+        return await _run_functions(functions, message, connection, queue, max_dequeue, batch_size, threshold,
+                                    worker_log)
+    finally:
+        root.removeHandler(worker_log)
+        root.setLevel(levels[0])
+        sdks.setLevel(levels[1])
+
+
+async def _run_functions(functions: dict[str, Any], message: Callable[..., Any], connection: str, queue: str,
+                         max_dequeue: int, batch_size: int, threshold: int,
+                         worker_log: _WorkerLogHandler) -> dict[str, Any]:
+    from azure.functions.timer import TimerRequest
+
     t0 = _cpu()
     await functions["collect"](TimerRequest(past_due=False))
     timer_cpu = _cpu() - t0
@@ -198,7 +237,8 @@ async def _drive(connection: str, queue: str, queues: dict[str, Any]) -> dict[st
         adx_log.removeFilter(batch_log)
         adx_log.setLevel(former)
     return {"messages": len(messages), "timer_cpu_s": timer_cpu, "content_cpu_s": content_cpu, "wall_s": wall,
-            "failures": failures, "poisoned": poisoned, "latencies": latencies, "batches": batch_log.batches}
+            "failures": failures, "poisoned": poisoned, "latencies": latencies, "batches": batch_log.batches,
+            "log_lines": worker_log.lines}
 
 
 def part_azure(records_per_day: int, days: float = 0.3) -> dict[str, Any]:
@@ -285,6 +325,7 @@ def part_azure(records_per_day: int, days: float = 0.3) -> dict[str, Any]:
         "batch_wait_ms_p95": _percentile([w for _, w in drive["batches"]], 0.95),
         "message_ms_p50": round(_percentile(drive["latencies"], 0.5) * 1000),
         "message_ms_p95": round(_percentile(drive["latencies"], 0.95) * 1000),
+        "log_lines": drive["log_lines"],
         "failed_deliveries": len(drive["failures"]), "poisoned": drive["poisoned"],
         "first_failure": drive["failures"][0] if drive["failures"] else None,
     }
