@@ -621,6 +621,8 @@ class LocalLake:
         # Resolved when the pending group reaches COMMIT_RECORDS while a commit lingers; made per
         # wait, so a lake used from several event loops one after another never holds a stale one.
         self._enough: asyncio.Future[None] | None = None
+        # Set by ``commit_soon``: the pending group commits without waiting out its linger.
+        self._hurry = False
         self._running: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
         self._failed: LakeUnavailableError | None = None
@@ -728,6 +730,15 @@ class LocalLake:
         self._enqueue(op)
         return op.future
 
+    def commit_soon(self) -> None:
+        """Nothing more is coming for now (the collector has no other blob in hand): the
+        pending group commits at once instead of lingering ``COMMIT_SECONDS`` for company. A
+        blob's rows then reach the lake ~0.25 s sooner after the last fetch of a pass, which is
+        a fresh blob's whole wait at a short poll."""
+        self._hurry = True
+        if self._enough is not None and not self._enough.done():
+            self._enough.set_result(None)
+
     async def _submit(self, op: _Op) -> Any:
         if self._failed is not None:
             raise self._failed
@@ -746,7 +757,7 @@ class LocalLake:
         """Wait, while the pending group holds lingering operations, for it to hold
         ``commit_records`` records or for the first of them to have waited ``COMMIT_SECONDS``."""
         deadline = min((op.linger_until for op in self._pending if op.linger_until is not None), default=None)
-        if deadline is None or self._pending_records >= self.commit_records:
+        if deadline is None or self._pending_records >= self.commit_records or self._hurry:
             return
         loop = asyncio.get_running_loop()
         remaining = deadline - loop.time()
@@ -771,6 +782,7 @@ class LocalLake:
                 raise
             batch, self._pending = self._pending, []
             self._pending_records = 0
+            self._hurry = False
             self._running = batch
             try:
                 outcomes = await asyncio.to_thread(self._commit, batch)

@@ -254,6 +254,9 @@ class LocalStateStore:
     def keeps_rows_of(self, sink: Sink) -> bool:
         return sink is self._lake
 
+    def commit_soon(self) -> None:
+        self._lake.commit_soon()
+
     async def submit_ingested(
         self,
         blob: ContentBlob,

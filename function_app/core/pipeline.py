@@ -25,7 +25,7 @@ from datetime import datetime
 from function_app.core.collector import Clock, Planner, PlanRequest
 from function_app.core.errors import StoreUnavailableError
 from function_app.core.model import BlobStatus, ContentBlob, RunStats
-from function_app.core.ports import ActivityApi, Sink, StateStore
+from function_app.core.ports import ActivityApi, RowKeepingStateStore, Sink, StateStore
 from function_app.core.process import BlobOutcome, RowBuilder, process_blob
 from function_app.core.windows import PlanningRules
 
@@ -65,19 +65,40 @@ class CollectReport:
         )
 
 
+class _InHand:
+    """How many blobs the workers have taken off the queue and not yet handed over. When the last
+    one's rows are handed over and the queue is empty, *idle* runs: with the local lake, its
+    commit then goes at once instead of lingering for blobs that are not coming (the end of a
+    pass, or a poll that found a few fresh blobs)."""
+
+    __slots__ = ("_idle", "_queue", "count")
+
+    def __init__(self, queue: asyncio.Queue[ContentBlob], idle: Callable[[], None] | None) -> None:
+        self._queue = queue
+        self._idle = idle
+        self.count = 0
+
+    def give_back(self) -> None:
+        self.count -= 1
+        if self.count == 0 and self._idle is not None and self._queue.empty():
+            self._idle()
+
+
 class _Slot:
     """A fetch slot held by one blob, given back once (when its rows are handed over, or at the end)."""
 
-    __slots__ = ("_held", "_semaphore")
+    __slots__ = ("_hands", "_held", "_semaphore")
 
-    def __init__(self, semaphore: asyncio.Semaphore) -> None:
+    def __init__(self, semaphore: asyncio.Semaphore, hands: _InHand) -> None:
         self._semaphore = semaphore
+        self._hands = hands
         self._held = True
 
     def release(self) -> None:
         if self._held:
             self._held = False
             self._semaphore.release()
+            self._hands.give_back()
 
 
 class Pipeline:
@@ -127,7 +148,11 @@ class Pipeline:
             halted.set()
 
         fetching = asyncio.Semaphore(self._concurrency)
-        workers = [asyncio.create_task(self._worker(queue, report, halt, fetching))
+        state = self._state
+        idle = (state.commit_soon if isinstance(state, RowKeepingStateStore) and state.keeps_rows_of(self._sink)
+                else None)
+        hands = _InHand(queue, idle)
+        workers = [asyncio.create_task(self._worker(queue, report, halt, fetching, hands))
                    for _ in range(self._concurrency * AWAITING_COMMIT_FACTOR)]
 
         async def hand_off(blobs: Sequence[ContentBlob]) -> None:
@@ -192,15 +217,18 @@ class Pipeline:
         report: CollectReport,
         halt: Callable[[StoreUnavailableError], None],
         fetching: asyncio.Semaphore,
+        hands: _InHand,
     ) -> None:
         while True:
             blob = await queue.get()
+            hands.count += 1
             if report.stopped is not None:
                 # The pass is stopping: the blob stays pending in the ledger.
+                hands.give_back()
                 queue.task_done()
                 return
             await fetching.acquire()
-            slot = _Slot(fetching)
+            slot = _Slot(fetching, hands)
             try:
                 if report.stopped is not None:
                     return

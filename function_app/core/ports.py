@@ -107,6 +107,10 @@ class RowKeepingStateStore(Protocol):
         return, without waiting for it, what resolves once both are committed together."""
         ...
 
+    def commit_soon(self) -> None:
+        """No other blob is in hand for now: commit what was handed over without waiting for more."""
+        ...
+
 
 class ClaimingStateStore(StateStore, Protocol):
     """A state store shared by many instances (Azure Table Storage): adds claims and reads."""

@@ -205,3 +205,48 @@ def test_fetches_stay_within_the_concurrency_while_many_blobs_wait_for_their_com
     # each fetch slot waited for its blob's commit, there would be a commit per blob or two.
     assert sum(groups) == 30 and len(groups) <= 5, groups
     assert lake.connection.execute('SELECT count(*) FROM "AuditRecord"').fetchone() == (30,)
+
+
+def test_commit_soon_ends_the_lingering_of_what_was_handed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(duckdb_lake, "COMMIT_SECONDS", 60.0)
+    lake = CountingLake(tmp_path / "l.duckdb")
+    state = LocalStateStore(lake)
+    blobs = [(blob(f"b{i}"), [record(i)]) for i in range(2)]
+    asyncio.run(state.register_listed([b for b, _ in blobs], T0))
+    before = lake.commits
+
+    async def go() -> list[WriteResult]:
+        pending = [await state.submit_ingested(b, build_rows(r, b, T0), clock=lambda: COMMITTED_AT, records=len(r),
+                                               size=1) for b, r in blobs]
+        await asyncio.sleep(0.05)  # the commit is lingering for company now
+        state.commit_soon()
+        return await asyncio.wait_for(asyncio.gather(*pending), timeout=30)
+
+    assert [r.inserted for r in asyncio.run(go())] == [1, 1]
+    assert lake.commits - before == 1
+
+
+def test_a_pass_commits_its_last_blobs_without_lingering_for_blobs_that_are_not_coming(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A poll that finds a few fresh blobs: once the last of them is handed over and nothing is
+    # queued, waiting for company only delays them (a minute here, a quarter second by default).
+    monkeypatch.setattr(duckdb_lake, "COMMIT_SECONDS", 60.0)
+    clock = FakeClock(datetime(2026, 11, 21, 12, 0, tzinfo=UTC))
+    api = SlowFetchApi(clock)
+    for i in range(3):
+        api.add("t", "Audit.SharePoint", f"b{i}", clock() - timedelta(minutes=5 + i), [record(i)])
+    lake = CountingLake(tmp_path / "l.duckdb")
+    pipeline = Pipeline(api=api, state=LocalStateStore(lake), sink=lake, build_rows=build_rows, clock=clock,
+                        rules=PlanningRules(), concurrency=2)
+
+    async def go() -> Any:
+        return await asyncio.wait_for(pipeline.collect_once([("t", "Audit.SharePoint")]), timeout=30)
+
+    report = asyncio.run(go())
+
+    assert report.ok and len(report.outcomes) == 3
+    assert [status for status, *_ in ledger(lake).values()] == ["ingested"] * 3
+    assert lake.connection.execute('SELECT count(*) FROM "AuditRecord"').fetchone() == (3,)
