@@ -119,7 +119,7 @@ async def collect(
                 return report
             failed = report.count(BlobStatus.FAILED) + report.count(BlobStatus.EXPIRED)
             log.info("pass done blobs=%d failed_or_expired=%d", len(report.outcomes), failed)
-            wait = max(0.0, interval - (loop.time() - pass_started))
+            wait = next_pass_wait(interval, loop.time() - pass_started, clock())
             progress.passed(report, wait)
             try:
                 if stop is None:
@@ -129,6 +129,28 @@ async def collect(
                     return report
             except TimeoutError:
                 pass
+
+
+PASS_PHASE_SECONDS = 0.02
+"""Passes at a whole-second interval start this long after a whole second of the clock."""
+
+
+def next_pass_wait(interval: float, elapsed: float, now: datetime) -> float:
+    """Seconds from *now* until the next pass: *interval* after the last one started (*elapsed*
+    ago), moved on to just after a whole second when *interval* is a whole number of seconds.
+
+    A listing's end is cut to a whole second (the API takes no fractions), so a blob created in
+    the part of the second already gone when a pass lists waits a whole interval more: up to a
+    second more at a 30 s poll, depending only on when the collector happened to start. Passes
+    that start just after a whole second lose almost nothing to the cut, and stay an interval
+    apart. Other intervals (tests use fractions) are kept as they are."""
+    wait = max(0.0, interval - elapsed)
+    if interval < 1 or interval != int(interval):
+        return wait
+    fraction = (now.timestamp() + wait) % 1.0
+    if PASS_PHASE_SECONDS <= fraction <= 2 * PASS_PHASE_SECONDS:
+        return wait
+    return wait + (1.0 - fraction + PASS_PHASE_SECONDS) % 1.0
 
 
 async def _no_feed() -> CollectReport:
