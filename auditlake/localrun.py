@@ -137,20 +137,24 @@ PASS_PHASE_SECONDS = 0.02
 
 def next_pass_wait(interval: float, elapsed: float, now: datetime) -> float:
     """Seconds from *now* until the next pass: *interval* after the last one started (*elapsed*
-    ago), moved on to just after a whole second when *interval* is a whole number of seconds.
+    ago), brought forward to just after a whole second when *interval* is a whole number of
+    seconds.
 
     A listing's end is cut to a whole second (the API takes no fractions), so a blob created in
     the part of the second already gone when a pass lists waits a whole interval more: up to a
     second more at a 30 s poll, depending only on when the collector happened to start. Passes
-    that start just after a whole second lose almost nothing to the cut, and stay an interval
-    apart. Other intervals (tests use fractions) are kept as they are."""
+    that start just after a whole second lose almost nothing to the cut. The start moves earlier,
+    never later (less than a second, once; then passes are an interval apart again), so no
+    listing comes later than the interval promises. Other intervals (tests use fractions) are
+    kept as they are."""
     wait = max(0.0, interval - elapsed)
     if interval < 1 or interval != int(interval):
         return wait
     fraction = (now.timestamp() + wait) % 1.0
-    if PASS_PHASE_SECONDS <= fraction <= 2 * PASS_PHASE_SECONDS:
+    early = (fraction - PASS_PHASE_SECONDS) % 1.0
+    if early <= PASS_PHASE_SECONDS:
         return wait
-    return wait + (1.0 - fraction + PASS_PHASE_SECONDS) % 1.0
+    return max(0.0, wait - early)
 
 
 async def _no_feed() -> CollectReport:
