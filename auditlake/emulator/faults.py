@@ -286,6 +286,7 @@ class FaultInjector:
         self._header_turn = 0
         self._burst_kind: str | None = None
         self._burst_left = 0
+        self._truncated: set[str] = set()
 
     def request_fault(self) -> str | None:
         """One of :data:`REQUEST_FAULTS` or None for this API request.
@@ -337,9 +338,16 @@ class FaultInjector:
             return self.spec.slow_seconds
         return 0.0
 
-    def truncate(self, body: bytes) -> bytes | None:
-        """A randomly cut copy of *body* for a transient truncation, or None to serve it whole."""
-        if self.spec.truncate and len(body) > 1 and self.rng.random() < self.spec.truncate:
+    def truncate(self, content_id: str, body: bytes) -> bytes | None:
+        """A randomly cut copy of *body* for a transient truncation, or None to serve it whole.
+
+        A blob is cut at most once: the fault stands for a connection that dropped, and a client
+        that retries must be able to succeed. Drawing afresh on every request would, now and then,
+        cut one blob on every one of a client's retries and turn a transient fault into a lost blob.
+        """
+        if (self.spec.truncate and len(body) > 1 and content_id not in self._truncated
+                and self.rng.random() < self.spec.truncate):
+            self._truncated.add(content_id)
             self.injected["truncate"] += 1
             return body[: self.rng.randrange(1, len(body))]
         return None

@@ -587,7 +587,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         if blob.added is not None:
             state.injector.record(blob.added.kind)
         served = blob.served_body
-        body = state.injector.truncate(served) or served
+        body = state.injector.truncate(blob.content_id, served) or served
     return web.Response(body=body, content_type="application/json", charset="utf-8")
 
 

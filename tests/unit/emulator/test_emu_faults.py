@@ -128,9 +128,13 @@ def test_header_case_rotates_and_sometimes_lowercases_endtime() -> None:
 
 def test_truncation_is_a_strict_prefix_and_cutoff_is_stable() -> None:
     body = b'[{"Id":"x","RecordType":1,"Operation":"Set-Mailbox"}]'
-    cut = FaultInjector(FaultSpec(truncate=1.0), 2).truncate(body)
+    always = FaultInjector(FaultSpec(truncate=1.0), 2)
+    cut = always.truncate("a$b", body)
     assert cut is not None and body.startswith(cut) and 0 < len(cut) < len(body)
-    assert FaultInjector(FaultSpec(), 2).truncate(body) is None
+    # Once per blob, so a client's retry gets it whole; another blob is still cut.
+    assert always.truncate("a$b", body) is None
+    assert always.truncate("a$c", body) is not None
+    assert FaultInjector(FaultSpec(), 2).truncate("a$b", body) is None
     assert cutoff_body(body, "a$b") == cutoff_body(body, "a$b")
     assert len(cutoff_body(body, "a$b")) < len(body)
 

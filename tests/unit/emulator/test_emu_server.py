@@ -368,22 +368,20 @@ def test_truncate_cuts_the_body_transiently() -> None:
     async def body(emu: EmulatorServer, api: Api) -> None:
         blob = next(b for b in emu.state.tenants[TENANT].blobs if b.content_created < NOW)
         uri = f"{api.feed}/audit/{blob.content_id}"
-        cut = 0
-        whole = 0
-        for _ in range(20):
+        served = []
+        for _ in range(5):
             reply = await api.call("GET", uri)
             assert reply.status == 200
             assert int(reply.header("Content-Length") or -1) == len(reply.body)
-            if reply.body == blob.body:
-                whole += 1
-            else:
-                assert blob.body.startswith(reply.body) and len(reply.body) < len(blob.body)
-                with pytest.raises(orjson.JSONDecodeError):
-                    reply.json()
-                cut += 1
-        assert cut and whole
+            served.append(reply.body)
+        first, *retries = served
+        assert blob.body.startswith(first) and len(first) < len(blob.body)
+        with pytest.raises(orjson.JSONDecodeError):
+            orjson.loads(first)
+        # Transient: the blob is cut once, so every retry gets it whole.
+        assert retries == [blob.body] * 4
 
-    run(body, faults="truncate=0.5")
+    run(body, faults="truncate=1")
 
 
 def test_shuffle_reorders_but_keeps_each_blob_once() -> None:
