@@ -31,10 +31,11 @@ from function_app.core.windows import PlanningRules
 
 log = logging.getLogger(__name__)
 
-AWAITING_COMMIT_FACTOR = 4
-"""Blobs handed over and waiting for their commit, per fetch slot: at 10,000 records/s, a 250 ms
-commit window and blobs of ~46 records (the synthetic tenant's mean), a commit gathers ~55 blobs;
-the default 32 slots × 4 covers it twice, so the next group fills while one commits."""
+AWAITING_COMMIT_FACTOR = 16
+"""Blobs handed over and waiting for their commit, per fetch slot: a commit gathers up to 20,000
+records (``AUDITLAKE_COMMIT_RECORDS``), ~435 blobs of ~46 records (the synthetic tenant's mean); the
+default 32 slots × 16 = 512 blobs let the next group fill while one commits. The memory they hold
+stays bounded by the blob budget (``core.budget``): a blob keeps its reservation until committed."""
 
 
 @dataclass(slots=True)

@@ -221,15 +221,18 @@ def test_a_lake_failing_mid_collect_stops_promptly_and_a_rerun_loses_and_duplica
     async def go() -> dict[str, float]:
         async with EmulatorServer(tenant_ids=[TENANT], seed=32, days=1, records_per_day=2000,
                                   scenario="quiet") as emu:
+            # Commits of a few blobs, so some commit before the disk fills at the 80th fetch: the
+            # workers may fetch far ahead of the commits (AWAITING_COMMIT_FACTOR), so a first commit
+            # waiting for more records would meet the full disk with nothing ingested before it.
             settings = Settings(api_root=emu.api_root, retry_base=0.01, retry_max=0.05, concurrency=concurrency,
-                                commit_records=50)
+                                commit_records=10)
             fetches = emu.state.stats.requests
             connections: list[_DiskFillsUp] = []
 
             def connect(p: str, read_only: bool) -> Any:
-                # The disk fills up once 40 blobs were fetched: in the middle of the run.
+                # The disk fills up once 80 of the 126 blobs were fetched: in the middle of the run.
                 connections.append(_DiskFillsUp(duckdb.connect(p, read_only=read_only),
-                                                lambda: fetches["GetBlob"], 40))
+                                                lambda: fetches["GetBlob"], 80))
                 return connections[-1]
 
             lake = LocalLake(path, connect=connect)
