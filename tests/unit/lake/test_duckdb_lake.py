@@ -7,12 +7,14 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
-from auditlake.lake.duckdb_lake import LocalLake, insert_blobs, to_arrow
+from auditlake.lake import duckdb_lake
+from auditlake.lake.duckdb_lake import LocalLake, insert_blobs, naive_utc, to_arrow
 from auditlake.state.local import LocalStateStore
 from function_app.core.model import BlobStatus, ContentBlob
-from function_app.lake.schema import AUDIT_RECORD, CONTENT_LEDGER
+from function_app.lake.schema import AUDIT_RECORD, CONTENT_LEDGER, Kind
 from function_app.records.flatten import BlobContext
 from function_app.records.tables import flatten_tables
 
@@ -68,6 +70,23 @@ def test_aware_datetimes_are_stored_as_utc_and_naive_ones_as_given() -> None:
     table = to_arrow(CONTENT_LEDGER, rows)
     assert table.column("ContentCreated")[0].as_py() == datetime(2026, 1, 1, 10)
     assert table.column("ListedAt")[0].as_py() == datetime(2026, 1, 1, 12)
+
+
+@pytest.mark.parametrize("values", [
+    [datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))] * 3,  # one value repeated
+    # the same instant in two zones compares equal: still one value, in UTC
+    [datetime(2026, 1, 1, 10, tzinfo=UTC), datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))],
+    [datetime(2026, 1, 1, 12)] * 2,
+    [datetime(2026, 1, 1, 12, tzinfo=UTC), None, datetime(2026, 1, 1, 12, tzinfo=UTC)],
+    [None, None],
+    [datetime(2026, 1, 1, 12, 0, 1, 5, tzinfo=UTC), datetime(2026, 1, 1, 12), None],
+    [datetime(2026, 1, 1, 12, tzinfo=UTC)],
+    [],
+])
+def test_a_datetime_column_holds_each_value_in_utc_whether_repeated_or_not(values: list[datetime | None]) -> None:
+    column = duckdb_lake._array(Kind.DATETIME, tuple(values))
+    assert column.type == pa.timestamp("us")
+    assert column.to_pylist() == [None if v is None else naive_utc(v) for v in values]
 
 
 def test_writes_and_ledger_marks_submitted_together_share_statements_and_survive_a_bad_neighbour(
