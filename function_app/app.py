@@ -20,11 +20,19 @@ from function_app.triggers import collect, content, entra, ingest_failures, sear
 # has SAS signatures and tokens blanked (urllib3 and azure-core log full URLs at DEBUG).
 install_log_redaction()
 
+
+
+def quiet_sdk_logging() -> None:
+    """The Azure SDKs log at WARNING and above only. The worker forwards every Python logger to
+    Application Insights, and the SDKs log each HTTP request at INFO, which would bury the
+    collector's own records (and cost the worker a log line per request; ``make bench`` runs
+    the app with this too)."""
+    logging.getLogger("azure").setLevel(logging.WARNING)
+
+
 if os.environ.get("FUNCTIONS_WORKER_RUNTIME"):
     app_settings()
-    # The worker forwards every Python logger to Application Insights; the Azure SDKs log
-    # each HTTP request at INFO, which would bury the collector's own records.
-    logging.getLogger("azure").setLevel(logging.WARNING)
+    quiet_sdk_logging()
 
 app = func.FunctionApp()
 app.register_functions(collect.bp)

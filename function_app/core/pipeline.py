@@ -79,6 +79,10 @@ class _InHand:
         self._idle = idle
         self.count = 0
 
+    def take(self) -> None:
+        """A worker took a blob off the queue."""
+        self.count += 1
+
     def give_back(self) -> None:
         self.count -= 1
         if self.count == 0 and self._idle is not None and self._queue.empty():
@@ -222,7 +226,7 @@ class Pipeline:
     ) -> None:
         while True:
             blob = await queue.get()
-            hands.count += 1
+            hands.take()
             if report.stopped is not None:
                 # The pass is stopping: the blob stays pending in the ledger.
                 hands.give_back()

@@ -162,6 +162,7 @@ async def _drive(connection: str, queue: str, queues: dict[str, Any]) -> dict[st
     from azure.functions.queue import QueueMessage
 
     import main
+    from function_app.app import quiet_sdk_logging
 
     max_dequeue, batch_size, threshold = (int(queues[k]) for k in ("maxDequeueCount", "batchSize",
                                                                       "newBatchThreshold"))
@@ -171,7 +172,7 @@ async def _drive(connection: str, queue: str, queues: dict[str, Any]) -> dict[st
     levels = root.level, sdks.level
     root.addHandler(worker_log)
     root.setLevel(logging.INFO)
-    sdks.setLevel(logging.WARNING)  # as function_app/app.py sets it in Azure (FUNCTIONS_WORKER_RUNTIME is unset here)
+    quiet_sdk_logging()  # as the app does in Azure (FUNCTIONS_WORKER_RUNTIME is unset here)
     try:
         return await _run_functions(functions, message, connection, queue, max_dequeue, batch_size, threshold,
                                     worker_log)

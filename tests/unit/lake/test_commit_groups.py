@@ -177,17 +177,22 @@ class SlowFetchApi(FakeApi):
             self.in_flight -= 1
 
 
+def slow_fetch_pipeline(lake: LocalLake, ages: list[timedelta]) -> tuple[SlowFetchApi, Pipeline]:
+    """A pipeline of two fetch slots over *lake*, and its API holding a one-record blob per age."""
+    clock = FakeClock(datetime(2026, 11, 21, 12, 0, tzinfo=UTC))
+    api = SlowFetchApi(clock)
+    for i, age in enumerate(ages):
+        api.add("t", "Audit.SharePoint", f"b{i:02d}", clock() - age, [record(i)])
+    return api, Pipeline(api=api, state=LocalStateStore(lake), sink=lake, build_rows=build_rows, clock=clock,
+                         rules=PlanningRules(), concurrency=2)
+
+
 def test_fetches_stay_within_the_concurrency_while_many_blobs_wait_for_their_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(duckdb_lake, "COMMIT_SECONDS", 0.5)
-    clock = FakeClock(datetime(2026, 11, 21, 12, 0, tzinfo=UTC))
-    api = SlowFetchApi(clock)
-    for i in range(30):
-        api.add("t", "Audit.SharePoint", f"b{i:02d}", clock() - timedelta(hours=3, minutes=i), [record(i)])
     lake = LocalLake(tmp_path / "l.duckdb")
-    pipeline = Pipeline(api=api, state=LocalStateStore(lake), sink=lake, build_rows=build_rows, clock=clock,
-                        rules=PlanningRules(), concurrency=2)
+    api, pipeline = slow_fetch_pipeline(lake, [timedelta(hours=3, minutes=i) for i in range(30)])
     groups: list[int] = []
     write_group = local_state.insert_blobs
 
@@ -232,15 +237,10 @@ def test_a_pass_commits_its_last_blobs_without_lingering_for_blobs_that_are_not_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A poll that finds a few fresh blobs: once the last of them is handed over and nothing is
-    # queued, waiting for company only delays them (a minute here, a quarter second by default).
+    # queued, waiting for company only delays them (a minute here, a second by default).
     monkeypatch.setattr(duckdb_lake, "COMMIT_SECONDS", 60.0)
-    clock = FakeClock(datetime(2026, 11, 21, 12, 0, tzinfo=UTC))
-    api = SlowFetchApi(clock)
-    for i in range(3):
-        api.add("t", "Audit.SharePoint", f"b{i}", clock() - timedelta(minutes=5 + i), [record(i)])
     lake = CountingLake(tmp_path / "l.duckdb")
-    pipeline = Pipeline(api=api, state=LocalStateStore(lake), sink=lake, build_rows=build_rows, clock=clock,
-                        rules=PlanningRules(), concurrency=2)
+    _, pipeline = slow_fetch_pipeline(lake, [timedelta(minutes=5 + i) for i in range(3)])
 
     async def go() -> Any:
         return await asyncio.wait_for(pipeline.collect_once([("t", "Audit.SharePoint")]), timeout=30)
