@@ -495,6 +495,23 @@ def _machine() -> str:
             f"{platform.release()}, Python {platform.python_version()}")
 
 
+def speed_probe() -> float:
+    """Seconds a fixed pure-Python loop of 3 million additions takes, best of three.
+
+    This machine's speed moves by more than half within an hour, with no other process running and
+    no steal time showing (the Azure part printed 144 and 242 µs/record 20 minutes apart on the same
+    code). The probe, taken before each part, says which runs to compare: a part's figure is only
+    comparable with another's taken at a similar probe."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        total = 0
+        for i in range(3_000_000):
+            total += i
+        best = min(best, time.perf_counter() - started)
+    return round(best, 3)
+
+
 def _verdict(value: float, bar: float, higher_is_better: bool = True) -> str:
     ok = value >= bar if higher_is_better else value <= bar
     return "meets the bar" if ok else "BELOW THE BAR"
@@ -510,6 +527,16 @@ def report(results: dict[str, dict[str, Any]], command: str) -> str:
         "",
         f"Machine: {_machine()}",
         "",
+    ]
+    probes = {name: part["speed_probe_s"] for name, part in results.items() if "speed_probe_s" in part}
+    if probes:
+        lines += [
+            "Speed probe (3 million Python additions, best of three, before each part; lower is faster, and "
+            "the machine's speed varies by more than half within an hour): "
+            + ", ".join(f"{name} {seconds} s" for name, seconds in probes.items()),
+            "",
+        ]
+    lines += [
         "| measure | result | bar | verdict | peak RSS |",
         "|---|---|---|---|---|",
     ]
@@ -613,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in wanted:
         print(f"bench {name} ...", flush=True)
-        results[name] = steps[name]()
+        probe = speed_probe()
+        results[name] = {**steps[name](), "speed_probe_s": probe}
         print(f"bench {name}: {json.dumps(results[name])}", flush=True)
     command = "make bench" if argv is None and not args.only else "python -m tests.bench.run " + " ".join(
         sys.argv[1:])
