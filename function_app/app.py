@@ -21,7 +21,6 @@ from function_app.triggers import collect, content, entra, ingest_failures, sear
 install_log_redaction()
 
 
-
 def quiet_sdk_logging() -> None:
     """The Azure SDKs log at WARNING and above only. The worker forwards every Python logger to
     Application Insights, and the SDKs log each HTTP request at INFO, which would bury the

@@ -157,7 +157,7 @@ def _array(kind: Kind, values: Sequence[Any]) -> pa.Array:
     if kind is Kind.DATETIME:
         # Arrow converts aware values to UTC and takes naive ones as UTC itself, in C. A blob's
         # rows share one IngestedAt and one ContentCreated: such a column is converted once and
-        # repeated (4 against 20 microseconds for a blob of 46 rows; the count is 0.1).
+        # repeated (4 against 20 microseconds for a blob of 46 rows; checking costs 0.1).
         first = values[0] if len(values) > 1 else None
         if first is not None and values.count(first) == len(values):
             return pa.repeat(pa.scalar(first, type=_NAIVE_TIMESTAMP), len(values))
