@@ -743,8 +743,8 @@ class LocalLake:
     def commit_soon(self) -> None:
         """Nothing more is coming for now (the collector has no other blob in hand): the
         pending group commits at once instead of lingering ``COMMIT_SECONDS`` for company. A
-        blob's rows then reach the lake ~0.25 s sooner after the last fetch of a pass, which is
-        a fresh blob's whole wait at a short poll."""
+        blob's rows then reach the lake up to that long sooner after the last fetch of a pass,
+        which at a short poll is most of a fresh blob's wait after its fetch."""
         self._hurry = True
         if self._enough is not None and not self._enough.done():
             self._enough.set_result(None)

@@ -25,7 +25,7 @@ from datetime import datetime
 from function_app.core.collector import Clock, Planner, PlanRequest
 from function_app.core.errors import StoreUnavailableError
 from function_app.core.model import BlobStatus, ContentBlob, RunStats
-from function_app.core.ports import ActivityApi, RowKeepingStateStore, Sink, StateStore
+from function_app.core.ports import ActivityApi, Sink, StateStore, rows_kept_by
 from function_app.core.process import BlobOutcome, RowBuilder, process_blob
 from function_app.core.windows import PlanningRules
 
@@ -72,20 +72,20 @@ class _InHand:
     commit then goes at once instead of lingering for blobs that are not coming (the end of a
     pass, or a poll that found a few fresh blobs)."""
 
-    __slots__ = ("_idle", "_queue", "count")
+    __slots__ = ("_count", "_idle", "_queue")
 
     def __init__(self, queue: asyncio.Queue[ContentBlob], idle: Callable[[], None] | None) -> None:
         self._queue = queue
         self._idle = idle
-        self.count = 0
+        self._count = 0
 
     def take(self) -> None:
         """A worker took a blob off the queue."""
-        self.count += 1
+        self._count += 1
 
     def give_back(self) -> None:
-        self.count -= 1
-        if self.count == 0 and self._idle is not None and self._queue.empty():
+        self._count -= 1
+        if self._count == 0 and self._idle is not None and self._queue.empty():
             self._idle()
 
 
@@ -153,10 +153,8 @@ class Pipeline:
             halted.set()
 
         fetching = asyncio.Semaphore(self._concurrency)
-        state = self._state
-        idle = (state.commit_soon if isinstance(state, RowKeepingStateStore) and state.keeps_rows_of(self._sink)
-                else None)
-        hands = _InHand(queue, idle)
+        keeper = rows_kept_by(self._state, self._sink)
+        hands = _InHand(queue, keeper.commit_soon if keeper is not None else None)
         workers = [asyncio.create_task(self._worker(queue, report, halt, fetching, hands))
                    for _ in range(self._concurrency * AWAITING_COMMIT_FACTOR)]
 

@@ -112,6 +112,11 @@ class RowKeepingStateStore(Protocol):
         ...
 
 
+def rows_kept_by(state: StateStore, sink: Sink) -> RowKeepingStateStore | None:
+    """*state*, when it keeps *sink*'s rows in its own store (the local lake), else None."""
+    return state if isinstance(state, RowKeepingStateStore) and state.keeps_rows_of(sink) else None
+
+
 class ClaimingStateStore(StateStore, Protocol):
     """A state store shared by many instances (Azure Table Storage): adds claims and reads."""
 

@@ -19,7 +19,7 @@ from function_app.core.errors import (
     UntrustedMessageError,
 )
 from function_app.core.model import BlobStatus, ContentBlob, utc
-from function_app.core.ports import ActivityApi, RowKeepingStateStore, Sink, StateStore
+from function_app.core.ports import ActivityApi, Sink, StateStore, rows_kept_by
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,9 @@ async def process_blob(
         # The rows hold what they need of the records; the parsed list must not keep them all
         # alive beside the rows until the commit (the local lake frees a big blob's as it goes).
         del fetched
-        if isinstance(state, RowKeepingStateStore) and state.keeps_rows_of(sink):
-            durable = await state.submit_ingested(blob, tables, clock=lambda: utc(clock()),
+        keeper = rows_kept_by(state, sink)
+        if keeper is not None:
+            durable = await keeper.submit_ingested(blob, tables, clock=lambda: utc(clock()),
                                                   records=records, size=size)
             del tables
             if handed_over is not None:
