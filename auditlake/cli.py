@@ -17,10 +17,10 @@ import re
 import socket
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import orjson
 
@@ -55,6 +55,26 @@ class CliError(Exception):
 
 class UsageError(Exception):
     """Arguments that do not go together: reported in one line, exit 2."""
+
+
+_Result = TypeVar("_Result")
+
+
+def run_to_end(main: Coroutine[Any, Any, _Result]) -> _Result:
+    """``asyncio.run(main)``, with the result handed back outside the main task.
+
+    As it finishes, ``asyncio.Runner`` asks ``signal.getsignal`` for SIGINT's handler, a partial
+    holding the main task, and the signal module formats that handler's repr while failing to
+    make it an enum: the task's repr, result included, and dataclass reprs are not cut short.
+    A 7-day backfill's report (7,810 blob outcomes) made that 0.6 s of a 40 s run.
+    """
+    box: list[_Result] = []
+
+    async def run() -> None:
+        box.append(await main)
+
+    asyncio.run(run())
+    return box[0]
 
 
 def _since(value: str) -> datetime:
@@ -688,7 +708,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
             if endpoint is not None:
                 view.print(f"serving the lake for queries at {endpoint.url} (`auditlake query --lake {lake.path}` "
                            "uses it; Kusto tools connect there without authentication)")
-            report = asyncio.run(collect(settings, lake, args.tenant_id or (), content_types, adx=adx,
+            report = run_to_end(collect(settings, lake, args.tenant_id or (), content_types, adx=adx,
                                          since=args.since, once=args.once, interval=args.interval,
                                          progress=Progress(view.listed, view.settled, on_pass, on_entra),
                                          feed="feed" in args.source, entra=streams))
@@ -741,7 +761,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     try:
         with progress:
-            report = asyncio.run(backfill(settings, lake, args.tenant_id or (), since=args.since, until=args.until,
+            report = run_to_end(backfill(settings, lake, args.tenant_id or (), since=args.since, until=args.until,
                                           adx=adx, on_slice=on_slice))
     except LakeUnavailableError as exc:
         # Slices not settled stay in the ledger; the next run re-polls or redoes their days.
@@ -906,7 +926,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     lake_path = lake_to_write(args.lake)
     _prepare_demo_lake(lake_path)
     try:
-        return asyncio.run(_demo(args, lake_path))
+        return run_to_end(_demo(args, lake_path))
     except LakeUnavailableError as exc:
         raise CliError(lake_error_line(exc, "demo")) from None
 
@@ -920,7 +940,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if lake_path is not None and not lake_path.exists():
         raise CliError(f"no lake at {args.lake}; nothing to replay (run `auditlake collect` first)")
     try:
-        summary = asyncio.run(replay(
+        summary = run_to_end(replay(
             lake=lake_path, azure=args.azure, settings=settings,
             tenant_id=args.tenant_id, content_ids=args.content_id or (), from_deadletter=args.from_deadletter,
             dry_run=args.dry_run,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 from datetime import UTC, datetime, timedelta
 
@@ -96,3 +97,43 @@ def test_the_parser_offers_the_emulator_s_scenarios() -> None:
     from auditlake.emulator.tenant import SCENARIOS
 
     assert EMULATOR_SCENARIOS == SCENARIOS
+
+
+class _ReprCounted:
+    """A result that counts how often its repr is made."""
+
+    made = 0
+
+    def __repr__(self) -> str:
+        type(self).made += 1
+        return "<result>"
+
+
+def test_a_command_s_result_comes_back_without_its_repr_being_made() -> None:
+    # asyncio.run formats the main task's repr, result and all, as it restores SIGINT's handler;
+    # a backfill's report of thousands of outcomes made that over half a second.
+    import signal
+
+    from auditlake.cli import run_to_end
+
+    async def command() -> _ReprCounted:
+        return _ReprCounted()
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # else asyncio installs no handler
+    _ReprCounted.made = 0
+    asyncio.run(command())
+    made_by_asyncio_run = _ReprCounted.made
+    assert made_by_asyncio_run >= 1  # the cost run_to_end avoids is there to avoid
+    result = run_to_end(command())
+    assert isinstance(result, _ReprCounted)
+    assert _ReprCounted.made == made_by_asyncio_run
+
+
+def test_a_command_s_error_comes_out_of_run_to_end() -> None:
+    from auditlake.cli import run_to_end
+
+    async def command() -> None:
+        raise LookupError("no such tenant")
+
+    with pytest.raises(LookupError, match="no such tenant"):
+        run_to_end(command())
