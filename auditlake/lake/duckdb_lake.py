@@ -635,6 +635,7 @@ class LocalLake:
         self._hurry = False
         self._running: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._before_commit: list[Callable[[], None]] = []
         self._failed: LakeUnavailableError | None = None
         self._memory_limit = MEMORY_LIMIT
         self._insert_blobs: Batcher = functools.partial(insert_blobs, memory_limit=self._memory_limit)
@@ -740,6 +741,13 @@ class LocalLake:
         self._enqueue(op)
         return op.future
 
+    def before_commit(self, prepare: Callable[[], None]) -> None:
+        """Call *prepare* in the event loop's thread each time a group of submitted operations is
+        taken for a commit, before the lake's thread reads them: a submitter finishes there what it
+        put off to do for several operations at once (``LocalStateStore`` converts the rows of
+        many blobs to Arrow together). An exception from *prepare* is logged and the commit goes on."""
+        self._before_commit.append(prepare)
+
     def commit_soon(self) -> None:
         """Nothing more is coming for now (the collector has no other blob in hand): the
         pending group commits at once instead of lingering ``COMMIT_SECONDS`` for company. A
@@ -794,6 +802,11 @@ class LocalLake:
             self._pending_records = 0
             self._hurry = False
             self._running = batch
+            for prepare in self._before_commit:
+                try:
+                    prepare()
+                except Exception:  # what it left undone is done by the commit itself
+                    log.exception("preparing a commit failed path=%s", self.path)
             try:
                 outcomes = await asyncio.to_thread(self._commit, batch)
             except asyncio.CancelledError:

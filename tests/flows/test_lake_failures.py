@@ -31,6 +31,7 @@ from auditlake.lake.duckdb_lake import LakeCause, LakeUnavailableError, LocalLak
 from auditlake.localrun import collect
 from function_app.config import Settings
 from function_app.core.model import CONTENT_TYPES
+from function_app.core.pipeline import AWAITING_COMMIT_FACTOR
 from function_app.o365.auth import StaticTokenProvider
 from tests.flows.conftest import AUDITLAKE, REPO, collect_env
 
@@ -216,23 +217,25 @@ class _DiskFillsUp:
 
 def test_a_lake_failing_mid_collect_stops_promptly_and_a_rerun_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     path = tmp_path / "lake.duckdb"
-    concurrency = 8
+    concurrency = 4
+    # A blob is fetched only by a worker that holds no blob waiting for its commit, and there are
+    # AWAITING_COMMIT_FACTOR workers per fetch slot: when the disk fills, at the fetch after those,
+    # some blobs must have been committed however far the fetches ran ahead of the commits.
+    fill_at = concurrency * AWAITING_COMMIT_FACTOR + 16
 
     async def go() -> dict[str, float]:
         async with EmulatorServer(tenant_ids=[TENANT], seed=32, days=1, records_per_day=2000,
                                   scenario="quiet") as emu:
-            # Commits of a few blobs, so some commit before the disk fills at the 80th fetch: the
-            # workers may fetch far ahead of the commits (AWAITING_COMMIT_FACTOR), so a first commit
-            # waiting for more records would meet the full disk with nothing ingested before it.
+            # Commits of a few blobs, so a commit does not wait for more records than there are left.
             settings = Settings(api_root=emu.api_root, retry_base=0.01, retry_max=0.05, concurrency=concurrency,
                                 commit_records=10)
             fetches = emu.state.stats.requests
             connections: list[_DiskFillsUp] = []
 
             def connect(p: str, read_only: bool) -> Any:
-                # The disk fills up once 80 of the 126 blobs were fetched: in the middle of the run.
+                # The disk fills up at the 80th of the 126 blobs' fetches: in the middle of the run.
                 connections.append(_DiskFillsUp(duckdb.connect(p, read_only=read_only),
-                                                lambda: fetches["GetBlob"], 80))
+                                                lambda: fetches["GetBlob"], fill_at))
                 return connections[-1]
 
             lake = LocalLake(path, connect=connect)

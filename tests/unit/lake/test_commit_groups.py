@@ -250,3 +250,57 @@ def test_a_pass_commits_its_last_blobs_without_lingering_for_blobs_that_are_not_
     assert report.ok and len(report.outcomes) == 3
     assert [status for status, *_ in ledger(lake).values()] == ["ingested"] * 3
     assert lake.connection.execute('SELECT count(*) FROM "AuditRecord"').fetchone() == (3,)
+
+
+def _stored_ids_by_blob(lake: LocalLake) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for content_id, record_id in lake.connection.execute('SELECT "ContentId", "Id" FROM "AuditRecord"').fetchall():
+        out.setdefault(content_id, set()).add(record_id)
+    return out
+
+
+def test_blobs_rows_become_arrow_together_and_each_blob_keeps_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(local_state, "CONVERT_ROWS", 7)
+    conversions: list[int] = []
+
+    def counting_to_arrow(table: Any, rows: Any) -> Any:
+        if table.name == "AuditRecord":
+            conversions.append(len(rows))
+        return duckdb_lake.to_arrow(table, rows)
+
+    monkeypatch.setattr(local_state, "to_arrow", counting_to_arrow)
+    lake = LocalLake(tmp_path / "l.duckdb")
+    state = LocalStateStore(lake)
+    sizes = [3, 1, 4, 2, 5, 0, 3, 6, 2, 1]
+    blobs = [(blob(f"b{i}"), [record(100 * i + j) for j in range(n)]) for i, n in enumerate(sizes)]
+    asyncio.run(state.register_listed([b for b, _ in blobs], T0))
+
+    results = hand_over(state, blobs)
+
+    assert [r.inserted for r in results if isinstance(r, WriteResult)] == sizes
+    # Seven rows or more at a time, and the rest when the lake took them for the commit.
+    assert sum(conversions) == sum(sizes) and len(conversions) < len(sizes)
+    assert all(n >= 7 for n in conversions[:-1])
+    assert _stored_ids_by_blob(lake) == {b.content_id: {r["Id"] for r in recs} for b, recs in blobs if recs}
+    assert {status for status, *_ in ledger(lake).values()} == {"ingested"}
+
+
+def test_rows_that_fail_to_convert_together_are_converted_by_their_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken_to_arrow(table: Any, rows: Any) -> Any:
+        raise RuntimeError("a defect in the conversion")
+
+    monkeypatch.setattr(local_state, "CONVERT_ROWS", 2)
+    monkeypatch.setattr(local_state, "to_arrow", broken_to_arrow)
+    lake = LocalLake(tmp_path / "l.duckdb")
+    state = LocalStateStore(lake)
+    blobs = [(blob(f"b{i}"), [record(10 * i + j) for j in range(3)]) for i in range(4)]
+    asyncio.run(state.register_listed([b for b, _ in blobs], T0))
+
+    results = hand_over(state, blobs)
+
+    assert [r.inserted for r in results if isinstance(r, WriteResult)] == [3, 3, 3, 3]
+    assert _stored_ids_by_blob(lake) == {b.content_id: {r["Id"] for r in recs} for b, recs in blobs}
