@@ -429,7 +429,11 @@ def _table_batches(table: Table, parts: Sequence[Any]) -> Iterator[tuple[pa.Tabl
 
     Each ``ArrowSlices`` slice is a batch of its own; everything else is one batch. Row lists are
     converted together, not blob by blob: each Arrow conversion costs a fixed few microseconds per
-    column, which for a table with a handful of rows per blob cost more than the rows did.
+    column, which for a table with a handful of rows per blob cost more than the rows did. The
+    blobs' Arrow tables are copied into one contiguous batch: DuckDB scans a stream of hundreds of
+    blob-sized record batches much slower than one. The 7-day backfill, in runs paired with the
+    code before either change, took 47-54 s with blob-sized slices against 40-45 s, and 41-43 s
+    combined against 45-49 s. The copy costs a memcpy of the group.
     Observers are folded into one before they become rows (``SchemaObserver.fold``)."""
     observers = [p for p in parts if isinstance(p, SchemaObserver)]
     if observers:
@@ -458,7 +462,7 @@ def _table_batches(table: Table, parts: Sequence[Any]) -> Iterator[tuple[pa.Tabl
         arrow.append(to_arrow(table, rows))
     del rows
     if arrow:
-        yield (pa.concat_tables(arrow) if len(arrow) > 1 else arrow[0]), counted
+        yield (pa.concat_tables(arrow).combine_chunks() if len(arrow) > 1 else arrow[0]), counted
     del arrow
     for i, slices in sliced:
         for batch in slices.take():
