@@ -42,6 +42,7 @@ import functools
 import logging
 import os
 import threading
+import weakref
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -639,7 +640,7 @@ class LocalLake:
         self._hurry = False
         self._running: list[_Op] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._before_commit: list[Callable[[], None]] = []
+        self._before_commit: list[weakref.WeakMethod[Callable[[], None]]] = []
         self._failed: LakeUnavailableError | None = None
         self._memory_limit = MEMORY_LIMIT
         self._insert_blobs: Batcher = functools.partial(insert_blobs, memory_limit=self._memory_limit)
@@ -746,11 +747,13 @@ class LocalLake:
         return op.future
 
     def before_commit(self, prepare: Callable[[], None]) -> None:
-        """Call *prepare* in the event loop's thread each time a group of submitted operations is
-        taken for a commit, before the lake's thread reads them: a submitter finishes there what it
-        put off to do for several operations at once (``LocalStateStore`` converts the rows of
-        many blobs to Arrow together). An exception from *prepare* is logged and the commit goes on."""
-        self._before_commit.append(prepare)
+        """Call *prepare*, a bound method, in the event loop's thread each time a group of submitted
+        operations is taken for a commit, before the lake's thread reads them: a submitter finishes
+        there what it put off to do for several operations at once (``LocalStateStore`` converts the
+        rows of many blobs to Arrow together). An exception from *prepare* is logged and the commit
+        goes on. The lake holds *prepare* weakly: a state store made for one command (``state_store``)
+        does not live on in the lake, nor its hook run, once nothing else holds it."""
+        self._before_commit.append(weakref.WeakMethod(prepare))
 
     def commit_soon(self) -> None:
         """Nothing more is coming for now (the collector has no other blob in hand): the
@@ -806,7 +809,11 @@ class LocalLake:
             self._pending_records = 0
             self._hurry = False
             self._running = batch
-            for prepare in self._before_commit:
+            self._before_commit = [ref for ref in self._before_commit if ref() is not None]
+            for ref in self._before_commit:
+                prepare = ref()
+                if prepare is None:
+                    continue
                 try:
                     prepare()
                 except Exception:  # what it left undone is done by the commit itself

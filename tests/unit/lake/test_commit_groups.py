@@ -4,6 +4,8 @@ share large commits; each blob's rows and mark stay one unit; schema observation
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -304,3 +306,28 @@ def test_rows_that_fail_to_convert_together_are_converted_by_their_commit(
 
     assert [r.inserted for r in results if isinstance(r, WriteResult)] == [3, 3, 3, 3]
     assert _stored_ids_by_blob(lake) == {b.content_id: {r["Id"] for r in recs} for b, recs in blobs}
+
+
+def test_a_state_store_nothing_holds_leaves_no_hook_behind_in_the_lake(tmp_path: Path) -> None:
+    lake = LocalLake(tmp_path / "l.duckdb")
+    calls: list[str] = []
+
+    class Preparing:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            lake.before_commit(self.prepare)
+
+        def prepare(self) -> None:
+            calls.append(self.name)
+
+    kept = Preparing("kept")
+    dropped = weakref.ref(Preparing("dropped"))
+    gc.collect()
+    assert dropped() is None  # the lake does not keep it alive
+
+    async def one_commit() -> None:
+        await lake.run(lambda con: con.execute("SELECT 1").fetchall())
+
+    asyncio.run(one_commit())
+    assert calls == ["kept"]
+    assert kept.name == "kept"
