@@ -432,9 +432,10 @@ def _table_batches(table: Table, parts: Sequence[Any]) -> Iterator[tuple[pa.Tabl
     converted together, not blob by blob: each Arrow conversion costs a fixed few microseconds per
     column, which for a table with a handful of rows per blob cost more than the rows did. The
     blobs' Arrow tables are copied into one contiguous batch: DuckDB scans a stream of hundreds of
-    blob-sized record batches much slower than one. The 7-day backfill, in runs paired with the
-    code before either change, took 47-54 s with blob-sized slices against 40-45 s, and 41-43 s
-    combined against 45-49 s. The copy costs a memcpy of the group.
+    blob-sized record batches much slower than one. In pairs of runs of the 7-day backfill, a commit's
+    AuditRecord as ~440 blob-sized slices of shared tables was slower than the code before in five
+    of six pairs (up to 54.3 against 44.7 s); combined, it took 41.3 and 42.6 s against 44.6 and
+    49.3 s. The copy costs a memcpy of the group.
     Observers are folded into one before they become rows (``SchemaObserver.fold``)."""
     observers = [p for p in parts if isinstance(p, SchemaObserver)]
     if observers:
