@@ -433,12 +433,12 @@ def _table_batches(table: Table, parts: Sequence[Any]) -> Iterator[tuple[pa.Tabl
     column, which for a table with a handful of rows per blob cost more than the rows did. The
     blobs' Arrow tables are copied into one contiguous batch: DuckDB takes the GIL for each batch it
     reads from a registered stream, and while the event loop's thread runs Python each take waits up
-    to the interpreter's switch interval (5 ms). 435 batches of 46 rows took 2.55 s to insert beside a
-    busy Python thread, one batch of the same 20,000 rows 0.14 s (0.26 and 0.10 s with no other
-    thread; 0.48 s for the 435 at a 0.5 ms switch interval). In pairs of runs of the 7-day backfill, a commit's
-    AuditRecord as ~440 blob-sized slices of shared tables was slower than the code before in five
-    of six pairs (up to 54.3 against 44.7 s); combined, it took 41.3 and 42.6 s against 44.6 and
-    49.3 s. The copy costs a memcpy of the group.
+    to the interpreter's switch interval (5 ms). 435 batches of 46 rows took 2.55 s to insert beside
+    a busy Python thread, one batch of the same 20,000 rows 0.14 s (0.26 and 0.10 s with no other
+    thread; 0.48 s for the 435 at a 0.5 ms switch interval). In pairs of runs of the 7-day backfill,
+    a commit's AuditRecord as ~440 blob-sized slices of shared tables was slower than the code
+    before in five of six pairs (up to 54.3 against 44.7 s); combined, it took 41.3 and 42.6 s
+    against 44.6 and 49.3 s. The copy costs a memcpy of the group.
     Observers are folded into one before they become rows (``SchemaObserver.fold``)."""
     observers = [p for p in parts if isinstance(p, SchemaObserver)]
     if observers:
@@ -813,15 +813,17 @@ class LocalLake:
             self._pending_records = 0
             self._hurry = False
             self._running = batch
-            self._before_commit = [ref for ref in self._before_commit if ref() is not None]
+            live = []
             for ref in self._before_commit:
                 prepare = ref()
-                if prepare is None:
+                if prepare is None:  # its owner is gone
                     continue
+                live.append(ref)
                 try:
                     prepare()
                 except Exception:  # what it left undone is done by the commit itself
                     log.exception("preparing a commit failed path=%s", self.path)
+            self._before_commit = live
             try:
                 outcomes = await asyncio.to_thread(self._commit, batch)
             except asyncio.CancelledError:

@@ -116,7 +116,8 @@ the cache). Rows wait as Python objects until then, a few MB."""
 
 @dataclass(frozen=True, slots=True)
 class _Ingested:
-    """One blob's rows (as Arrow) and what its ``ingested`` mark needs, waiting for a commit."""
+    """One blob's rows and what its ``ingested`` mark needs, waiting for a commit. ``AuditRecord`` is
+    Arrow, or its rows until ``LocalStateStore._convert_handed_over`` makes them its slice of one."""
 
     blob: ContentBlob
     tables: dict[str, Any]

@@ -233,7 +233,7 @@ def test_a_lake_failing_mid_collect_stops_promptly_and_a_rerun_loses_and_duplica
             connections: list[_DiskFillsUp] = []
 
             def connect(p: str, read_only: bool) -> Any:
-                # The disk fills up at the 80th of the 126 blobs' fetches: in the middle of the run.
+                # The disk fills up once fill_at of the 126 blobs were fetched: in the middle of the run.
                 connections.append(_DiskFillsUp(duckdb.connect(p, read_only=read_only),
                                                 lambda: fetches["GetBlob"], fill_at))
                 return connections[-1]
