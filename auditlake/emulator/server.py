@@ -34,6 +34,7 @@ from urllib.parse import quote
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from auditlake.emulator import entra, purview
 from auditlake.emulator.faults import (
@@ -692,9 +693,9 @@ async def control_tenants(request: web.Request) -> web.Response:
     return _json([{**t.summary(), "domain": t.domain, "now": iso_z(t.now)} for t in state.tenants.values()])
 
 
-def build_app(state: EmulatorState) -> web.Application:
-    """The aiohttp application serving *state*."""
-    app = web.Application(middlewares=[_api_middleware])
+def build_app(state: EmulatorState, middlewares: Sequence[Middleware] = ()) -> web.Application:
+    """The aiohttp application serving *state*; *middlewares* run before the emulator's own, in order."""
+    app = web.Application(middlewares=[*middlewares, _api_middleware])
     app[STATE] = state
     r = app.router
     r.add_post(f"{_FEED}/subscriptions/start", start_subscription, name="StartSubscription")
@@ -731,7 +732,8 @@ class EmulatorServer:
     the records per page of its results. ``signins_per_day`` is the interactive user sign-ins a tenant
     has a day in the Entra logs (the other kinds in proportion, :data:`entra.KIND_SHARE`);
     ``entra_budget`` requests per ``entra_budget_window`` seconds per tenant are served there (Graph's
-    5 per 10 s by default; 0 for no limit).
+    5 per 10 s by default; 0 for no limit). ``middlewares`` are aiohttp middlewares run before the
+    emulator's own, as a test's way to hold or watch requests.
     """
 
     def __init__(
@@ -754,6 +756,7 @@ class EmulatorServer:
         signins_per_day: int = entra.DEFAULT_SIGNINS_PER_DAY,
         entra_budget: int = entra.DEFAULT_BUDGET,
         entra_budget_window: float = entra.DEFAULT_BUDGET_WINDOW,
+        middlewares: Sequence[Middleware] = (),
     ) -> None:
         self.tenant_ids = [str(uuid.UUID(t)) for t in tenant_ids] if tenant_ids else [default_tenant_id(seed)]
         self.seed = seed
@@ -772,6 +775,7 @@ class EmulatorServer:
         self.signins_per_day = signins_per_day
         self.entra_budget = entra_budget
         self.entra_budget_window = entra_budget_window
+        self.middlewares = tuple(middlewares)
         self._runner: web.AppRunner | None = None
         self._state: EmulatorState | None = None
         self.base_url = ""
@@ -812,7 +816,7 @@ class EmulatorServer:
             signins_per_day=self.signins_per_day, entra_budget=self.entra_budget,
             entra_budget_window=self.entra_budget_window,
         )
-        self._runner = web.AppRunner(build_app(self._state), access_log=None)
+        self._runner = web.AppRunner(build_app(self._state, self.middlewares), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
         port = self._runner.addresses[0][1]

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
 from azure.kusto.data import KustoClient, KustoConnectionStringBuilder
 
 from auditlake.cli import run_kql
@@ -65,6 +66,40 @@ class Answer:
     """Answered while collect() had not yet returned."""
 
 
+class BlobGate:
+    """Holds the emulator's blob GETs past a limit the test thread moves, so that answers are asked
+    at the points of the backfill the test needs (an empty lake, then a part of it) whatever the
+    machine's speed. ``limit`` None serves every blob."""
+
+    def __init__(self) -> None:
+        self.limit: int | None = 0
+        self.served = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._moved: asyncio.Condition | None = None
+
+    @web.middleware
+    async def middleware(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if "/audit/" in request.path:
+            if self._moved is None:
+                self._loop, self._moved = asyncio.get_running_loop(), asyncio.Condition()
+            async with self._moved:
+                await self._moved.wait_for(lambda: self.limit is None or self.served < self.limit)
+                self.served += 1
+        return await handler(request)
+
+    def open_to(self, limit: int | None) -> None:
+        """From another thread: serve blobs up to *limit* in all (None: every blob)."""
+        self.limit = limit
+        if self._loop is not None and not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(self._notify(), self._loop).result(timeout=10)
+
+    async def _notify(self) -> None:
+        assert self._moved is not None
+        async with self._moved:
+            self._moved.notify_all()
+
+
 @dataclass
 class Collector:
     """collect() in a thread with its own event loop, the emulator in the same loop."""
@@ -78,6 +113,7 @@ class Collector:
     error: BaseException | None = None
     expected: set[Key] = field(default_factory=set)
     served: set[Key] = field(default_factory=set)
+    gate: BlobGate | None = None
 
     def run(self) -> None:
         try:
@@ -88,8 +124,9 @@ class Collector:
             self.finished.set()
 
     async def _run(self) -> None:
+        middlewares = [self.gate.middleware] if self.gate else []
         async with EmulatorServer(tenant_ids=[TENANT], seed=23, days=self.days, records_per_day=self.records_per_day,
-                                  scenario="quiet") as emu:
+                                  scenario="quiet", middlewares=middlewares) as emu:
             settings = Settings(api_root=emu.api_root, retry_base=0.01, retry_max=0.05)
             self.started = datetime.now(UTC)
             try:
@@ -110,6 +147,15 @@ def _answer(name: str, ask: Callable[[], int], collector: Collector) -> Answer:
     return Answer(name, seconds, value, during=not collector.finished.is_set())
 
 
+FIRST_BLOBS = 6
+HOLD_AT_MOST = 60.0
+"""Seconds the first blobs are held for answers that see them; past it the test goes on and fails."""
+
+
+def _saw_records(answers: list[Answer]) -> bool:
+    return all(a.during and a.value > 0 for a in answers if a.name.endswith(("AuditRecord | count", "AuditLatency()")))
+
+
 def _latency_line(answers: list[Answer]) -> str:
     times = sorted(a.seconds * 1000 for a in answers)
     return f"n={len(times)} p50={statistics.median(times):.0f} ms max={times[-1]:.0f} ms"
@@ -117,7 +163,8 @@ def _latency_line(answers: list[Answer]) -> str:
 
 def test_endpoint_answers_during_a_backfill_and_sees_every_record_once(tmp_path: Path) -> None:
     lake = LocalLake(tmp_path / "lake.duckdb")
-    collector = Collector(lake, days=2, records_per_day=6000)
+    gate = BlobGate()
+    collector = Collector(lake, days=2, records_per_day=6000, gate=gate)
     answers: list[Answer] = []
     try:
         with LakeEndpoint(lake) as endpoint:
@@ -143,9 +190,19 @@ def test_endpoint_answers_during_a_backfill_and_sees_every_record_once(tmp_path:
                  lambda: count("AuditLatency() | summarize Records = coalesce(sum(Records), 0)")),
                 ("query_endpoint LedgerHealth()", lambda: count("LedgerHealth() | count")),
             ]
+            # The gate shapes the backfill: no blob until a round of answers has seen the lake empty,
+            # then the first few, held until a round has seen them through the library functions as
+            # well as the tables, then the rest, answered as they come.
+            held_since = time.monotonic()
             while not collector.finished.is_set():
                 for name, ask in queries:
                     answers.append(_answer(name, ask, collector))
+                if gate.limit == 0:
+                    gate.open_to(FIRST_BLOBS)
+                    held_since = time.monotonic()
+                elif gate.limit == FIRST_BLOBS and (
+                        _saw_records(answers[-len(queries):]) or time.monotonic() - held_since > HOLD_AT_MOST):
+                    gate.open_to(None)
             thread.join(timeout=120)
             assert collector.error is None, collector.error
             assert collector.report.ok
@@ -178,6 +235,7 @@ def test_endpoint_answers_during_a_backfill_and_sees_every_record_once(tmp_path:
         with pytest.raises(EndpointError, match="stopped answering"):
             query_endpoint(url, "AuditRecord | count")
     finally:
+        gate.open_to(None)  # a test that failed while blobs were held lets the collector end
         lake.close()
 
     during = [a for a in answers if a.during]
