@@ -180,7 +180,10 @@ def emulator() -> Iterator[RunningEmulator]:
         emu.process.wait(timeout=30)
 
 
-def test_ctrl_c_prints_what_was_collected_and_exits_130(emulator: RunningEmulator, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_prints_what_was_collected_and_exits_130(
+        emulator: RunningEmulator, tmp_path: Path, stop: signal.Signals) -> None:
+    # SIGTERM is what kill, service managers and container runtimes send: the same clean stop as Ctrl-C.
     proc = subprocess.Popen(
         [AUDITLAKE, "collect", "--tenant-id", DEMO_TENANT, "--api-root", emulator.api_root, "--since", "1d",
          "--interval", "30", "--no-serve", "--lake", str(tmp_path / "lake.duckdb")],
@@ -197,7 +200,7 @@ def test_ctrl_c_prints_what_was_collected_and_exits_130(emulator: RunningEmulato
     # Passes start 30 s apart: what is left of the interval once this one is done.
     left = re.search(r"next pass in (\d+(?:\.\d+)?)s", first)
     assert left is not None and 0 < float(left.group(1)) <= 30, first
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err, err

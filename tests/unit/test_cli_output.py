@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
+import signal
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import duckdb
@@ -137,3 +141,66 @@ def test_a_command_s_error_comes_out_of_run_to_end() -> None:
 
     with pytest.raises(LookupError, match="no such tenant"):
         run_to_end(command())
+
+
+@pytest.fixture
+def sigterm_caught() -> Iterator[list[int]]:
+    """SIGTERM held by a handler of the test's while it runs, so a run_to_end that failed to take
+    it shows as a failed test rather than a killed test run."""
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: caught.append(signum))
+    try:
+        yield caught
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sigterm_stops_a_command_as_ctrl_c_does(sigterm_caught: list[int]) -> None:
+    from auditlake.cli import run_to_end
+
+    cleaned_up: list[str] = []
+
+    async def command() -> None:
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+        try:
+            await asyncio.sleep(30)
+        finally:
+            cleaned_up.append("the command's clean-up ran")
+
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_to_end(command())
+    assert time.monotonic() - began < 10
+    assert cleaned_up == ["the command's clean-up ran"]
+    assert sigterm_caught == []  # taken by run_to_end, not by the handler outside it
+
+
+def test_a_second_sigterm_stops_at_once(sigterm_caught: list[int]) -> None:
+    from auditlake.cli import run_to_end
+
+    async def command() -> None:
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+        try:
+            await asyncio.sleep(30)
+        finally:
+            # A clean-up that takes long: the second SIGTERM does not wait for it.
+            asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(30)
+
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_to_end(command())
+    assert time.monotonic() - began < 10
+    assert sigterm_caught == []
+
+
+def test_sigterm_after_a_command_is_back_to_what_it_was(sigterm_caught: list[int]) -> None:
+    from auditlake.cli import run_to_end
+
+    async def command() -> int:
+        return 7
+
+    assert run_to_end(command()) == 7
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.05)  # the handler runs at the next bytecode boundary of the main thread
+    assert sigterm_caught == [signal.SIGTERM]
