@@ -192,8 +192,8 @@ class SchemaObserver(Sequence[dict[str, Any]]):
         return self._rows
 
     def __len__(self) -> int:
-        # Counted without making the rows: a writer that folds observers (the ADX sink's batches)
-        # asks each blob's for its size and never reads its rows.
+        # Counted without making the rows: a writer that folds observers may ask a blob's for its
+        # size and never read its rows.
         if self._rows is not None:
             return len(self._rows)
         # One row per (path, type) of a group, whichever of its shapes saw it (as ``rows`` folds them).
