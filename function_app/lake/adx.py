@@ -762,7 +762,10 @@ class AdxSink:
                 staged[name] = rows
             else:
                 plan.append((table, rows))
-        inserted = 0
+        # Counted as records, not as every row handed over: a blob of 35 records stages ~370 rows with
+        # its SchemaObservation, and "inserted=373" beside "records=35" read as a defect. Not summing
+        # len() also spares each blob's SchemaObserver from working out its row count.
+        records = len(tables.get(AUDIT_RECORD.name) or ())
         if staged:
             try:
                 await self._write_staged(blob, staged)
@@ -770,11 +773,6 @@ class AdxSink:
                 log.error("adx ingestion failed tenant_id=%s content_type=%s content_id=%s table=%s error=%s",
                           blob.tenant_id, blob.content_type, blob.content_id, STAGING_TABLE, exc)
                 raise
-            # Counted as records, not as every staged row: a blob of 35 records stages ~370 rows with
-            # its SchemaObservation, and "inserted=373" beside "records=35" read as a defect. Not
-            # summing len() also spares each blob's SchemaObserver from working out its row count.
-            records = len(staged.get(AUDIT_RECORD.name, ()))
-            inserted += records
             log.debug("adx ingestion queued tenant_id=%s content_type=%s content_id=%s table=%s records=%d",
                       blob.tenant_id, blob.content_type, blob.content_id, STAGING_TABLE, records)
         for table, rows in plan:
@@ -784,8 +782,6 @@ class AdxSink:
                 log.error("adx ingestion failed tenant_id=%s content_type=%s content_id=%s table=%s error=%s",
                           blob.tenant_id, blob.content_type, blob.content_id, table.name, exc)
                 raise
-            if not staged:
-                inserted += len(rows)
             log.debug("adx ingestion queued tenant_id=%s content_type=%s content_id=%s table=%s rows=%d",
                       blob.tenant_id, blob.content_type, blob.content_id, table.name, len(rows))
-        return WriteResult(inserted=inserted, duplicates=0)
+        return WriteResult(inserted=records or sum(len(rows) for _, rows in plan), duplicates=0)
