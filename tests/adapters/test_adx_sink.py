@@ -17,7 +17,14 @@ from azure.kusto.data import KustoConnectionStringBuilder
 from azure.kusto.ingest import QueuedIngestClient
 
 from function_app.core.model import ContentBlob
-from function_app.lake.adx import AdxIngestError, AdxSink, gzipped_json_lines, source_id, to_json_lines
+from function_app.lake.adx import (
+    AdxIngestError,
+    AdxSink,
+    encode_row,
+    gzipped_json_lines,
+    source_id,
+    to_json_lines,
+)
 from function_app.lake.schema import (
     AUDIT_RECORD,
     COLLECTOR_RUN,
@@ -202,6 +209,20 @@ def test_rows_arrive_in_adx_shape_in_one_staging_ingestion_with_its_mapping(drai
 
     assert len(client.calls) == 1
     assert drained.commands().count(".get kusto identity token") >= 1
+
+
+def test_a_row_of_exactly_the_columns_is_encoded_as_given_and_never_changed() -> None:
+    # The exact-columns row is encoded without a copy; its non-UTC value still arrives as UTC, and
+    # the caller's row keeps its own value.
+    exact = {name: audit_row(1).get(name) for name in AUDIT_RECORD.column_names}
+    zone = exact["ContentCreated"].tzinfo
+    assert zone is not UTC and list(exact) == list(AUDIT_RECORD.column_names)
+    with_extra = audit_row(1)
+    assert encode_row(AUDIT_RECORD, exact) == encode_row(AUDIT_RECORD, with_extra)
+    assert exact["ContentCreated"].tzinfo is zone
+    assert json.loads(encode_row(AUDIT_RECORD, exact))["ContentCreated"] == "2026-11-21T10:00:00.123000Z"
+    in_utc = {**exact, "ContentCreated": CREATED}
+    assert encode_row(AUDIT_RECORD, in_utc) == encode_row(AUDIT_RECORD, exact)
 
 
 def test_bookkeeping_rows_alone_and_other_tables_get_their_own_ingestions(drained: FakeAdx) -> None:

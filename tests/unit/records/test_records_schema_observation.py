@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from function_app.lake.schema import SCHEMA_OBSERVATION
 from function_app.records import schema_observation
 from function_app.records.flatten import flatten_record
@@ -178,3 +180,33 @@ def test_an_observer_is_true_only_with_a_row_to_write_and_says_so_without_making
     assert observer
     assert observer._rows is None, "answering made the rows"
     assert len(observer.rows()) > 0
+
+
+def test_the_grouped_form_expands_to_exactly_the_rows() -> None:
+    # What ADX's update policy does with SchemaObserver.grouped(): one row per Fields pair, the
+    # other columns from the element. Operations seen in one shape and in several (whose shared
+    # paths are folded), a record without fields, and every sample record, folded over two blobs.
+    records: list[Any] = [rec(0), rec(1, Extra=1), rec(2, Extra="text"), rec(3, Nested={"a": [1, 2]}),
+                          rec(4, op="ProbeOneShape"), rec(5, op="ProbeOneShape"), {}]
+    records += [record for _, record in all_records()]
+    observers = []
+    for part in (records[::2], records[1::2]):
+        observer = SchemaObserver(CTX.ingested_at)
+        for record in part:
+            observer.add(record, flatten_record(record, CTX))
+        observers.append(observer)
+    folded = SchemaObserver.fold(observers)
+    grouped = orjson.loads(orjson.dumps(folded.grouped()))
+    expanded = [{"Workload": g["Workload"], "RecordType": g["RecordType"], "Operation": g["Operation"],
+                 "FieldPath": path, "FieldType": kind, "FirstSeen": g["FirstSeen"], "LastSeen": g["LastSeen"],
+                 "Records": g["Records"]} for g in grouped for path, kind in g["Fields"]]
+    rows = orjson.loads(orjson.dumps(folded.rows()))
+    assert sorted(map(orjson.dumps, expanded)) == sorted(map(orjson.dumps, rows))
+    [deleted] = [g for g in grouped if g["Operation"] == "ProbeOneShape"]  # one shape: one element
+    assert sorted(path for path, _ in deleted["Fields"]) == sorted(rec(4, op="ProbeOneShape"))
+    assert deleted["Records"] == 2
+    # The operation of several shapes: the paths all its records have are one element, Extra
+    # (int in one record, string in another) two more.
+    several = [g for g in grouped if g["Operation"] == "FileAccessed" and g["Workload"] == "SharePoint"
+               and g["RecordType"] == 6 and ["Id", "string"] in g["Fields"]]
+    assert len(several) == 1 and several[0]["Records"] >= 4
