@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 from function_app.core.model import (
     BlobStatus,
@@ -114,7 +114,19 @@ class RowKeepingStateStore(Protocol):
 
 def rows_kept_by(state: StateStore, sink: Sink) -> RowKeepingStateStore | None:
     """*state*, when it keeps *sink*'s rows in its own store (the local lake), else None."""
-    return state if isinstance(state, RowKeepingStateStore) and state.keeps_rows_of(sink) else None
+    kind = type(state)
+    keeps = _KEEPS_ROWS.get(kind)
+    if keeps is None:
+        # Asked once per blob: isinstance against a runtime-checkable Protocol inspects the class's
+        # members each time (10-19 us); the answer only depends on the class, whose methods these are.
+        keeps = _KEEPS_ROWS[kind] = isinstance(state, RowKeepingStateStore)
+    if not keeps:
+        return None
+    keeper = cast(RowKeepingStateStore, state)
+    return keeper if keeper.keeps_rows_of(sink) else None
+
+
+_KEEPS_ROWS: dict[type, bool] = {}
 
 
 class ClaimingStateStore(StateStore, Protocol):

@@ -108,3 +108,19 @@ def test_only_the_api_saying_af20051_makes_a_blob_expired(tmp_path: Path) -> Non
     api = OneBlobApi(ContentExpiredError("Content requested with the key c1 has already expired", code="AF20051"))
     outcome, rows, (status, error, _, _) = run(tmp_path, api, blob(NOW + timedelta(days=6)))
     assert outcome.status is BlobStatus.EXPIRED and status == "expired" and "AF20051" in error and rows == []
+
+
+def test_a_ledger_keeps_the_rows_only_of_its_own_lake(tmp_path: Path) -> None:
+    # Asked once per blob, answered from the class after the first time: still per instance and sink.
+    from function_app.core.ports import rows_kept_by
+
+    lake, other = LocalLake(tmp_path / "a.duckdb"), LocalLake(tmp_path / "b.duckdb")
+    try:
+        state = LocalStateStore(lake)
+        for _ in range(2):
+            assert rows_kept_by(state, lake) is state
+            assert rows_kept_by(state, other) is None
+            assert rows_kept_by(object(), lake) is None  # type: ignore[arg-type]
+    finally:
+        lake.close()
+        other.close()
