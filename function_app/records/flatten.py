@@ -1,7 +1,8 @@
 """Turn delivered audit records into ``AuditRecord`` rows (see ``function_app.lake.schema``).
 
 A row keeps the record whole in ``AuditData`` (the very object delivered, never copied or
-changed) and adds normalised columns beside the raw ones. Whatever the record looks like, a row
+changed; ``tables.flatten_tables`` puts the record's delivered text there instead when the body
+carries it, ``reader.DeliveredRecords``) and adds normalised columns beside the raw ones. Whatever the record looks like, a row
 comes out with a non-null key (``Id``, ``RecordType``, ``Operation``) and ``Quality`` listing
 what was wrong with the record. Rows share nested values with the record: treat both as
 read-only.

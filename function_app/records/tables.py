@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Collection, Iterable
+from itertools import repeat
 from typing import Any
+
+import orjson
 
 from function_app.lake.schema import RECORD_TABLES
 from function_app.records.derived import (
@@ -23,7 +26,7 @@ from function_app.records.derived import (
     build_sign_in,
 )
 from function_app.records.flatten import BlobContext, flatten_record
-from function_app.records.reader import RecoveredRecord
+from function_app.records.reader import DeliveredRecords, RecoveredRecord
 from function_app.records.schema_observation import SchemaObserver
 
 log = logging.getLogger(__name__)
@@ -31,12 +34,15 @@ log = logging.getLogger(__name__)
 
 def flatten_tables(
     records: Iterable[Any], ctx: BlobContext, tables: Collection[str] = RECORD_TABLES, *,
-    observer: SchemaObserver | None = None,
+    observer: SchemaObserver | None = None, delivered_text: bool = True,
 ) -> dict[str, list[dict[str, Any]]]:
     """The rows of each table in *tables* (default: all of ``RECORD_TABLES``) for *records*.
 
-    ``AuditRecord`` has one row per record, in order; every returned table is present, possibly
-    empty. Never raises on record content. Raises ValueError for a name not in ``RECORD_TABLES``.
+    ``AuditRecord`` has one row per record, in order; its ``AuditData`` is the record's delivered
+    text when *records* carry it (``reader.DeliveredRecords``) and *delivered_text* is true, else
+    the record itself. Every
+    returned table is present, possibly empty. Never raises on record content. Raises ValueError
+    for a name not in ``RECORD_TABLES``.
 
     With *observer*, the records are observed into it and ``SchemaObservation`` is left to its
     owner (not in the result): ``compose.build_rows`` hands the observer on, so a writer can fold
@@ -55,8 +61,15 @@ def flatten_tables(
     owned = observer is None
     if observer is None and "SchemaObservation" in tables:
         observer = SchemaObserver(ctx.ingested_at)
-    for record in records:
+    # A body read whole comes with each record's delivered text (``reader.DeliveredRecords``):
+    # that text is the record's AuditData, so the sinks write it as it came instead of
+    # serialising the parsed record again.
+    delivered = records.texts() if delivered_text and type(records) is DeliveredRecords else None
+    texts: Iterable[orjson.Fragment | None] = repeat(None) if delivered is None else delivered
+    for record, text in zip(records, texts, strict=False):  # repeat() has no end
         row = flatten_record(record, ctx)
+        if text is not None:
+            row["AuditData"] = text
         audit.append(row)
         if type(record) is RecoveredRecord:
             # The derived tables and the observer read what the lenient parser made of it.

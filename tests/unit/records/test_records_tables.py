@@ -8,15 +8,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from auditlake.cli import main
 from auditlake.lake.duckdb_lake import LocalLake
-from function_app.compose import build_rows
+from function_app.compose import build_rows, build_rows_for_adx
 from function_app.core.model import ContentBlob
 from function_app.lake.schema import RECORD_TABLES, TABLES_BY_NAME
 from function_app.records import tables
 from function_app.records.flatten import BlobContext
+from function_app.records.reader import DeliveredRecords, parse_content
 from function_app.records.tables import flatten_tables
 
 from ._samples import all_records, blob_context, require_samples
@@ -117,6 +119,60 @@ def test_every_record_table_lands_in_the_lake(tmp_path: Path) -> None:
             assert count > 0, name
     finally:
         lake.close()
+
+
+# A body as the service might write it: spaces, escapes orjson writes otherwise ("\u00e9", "\/"),
+# a number with a trailing zero, a repeated key; and a record whose text is no longer stored as is.
+DELIVERED = [
+    b'{ "Id" : "d-1", "RecordType": 1, "Operation": "Set-Mailbox", "Subject": "caf\\u00e9 \\/ x",'
+    b' "Size": 1.50, "CreationTime": "2026-12-01T00:00:00" }',
+    b'{"Id":"d-2","RecordType":1,"Operation":"Set-Mailbox","Workload":"Exchange","Workload":"SharePoint"}',
+    b'{"Id":"d-3","RecordType":1,"Operation":"X","Nested":' + b"[" * 260 + b"]" * 260 + b"}",
+]
+
+
+def delivered_body() -> bytes:
+    return b"[\n  " + b" ,\n  ".join(DELIVERED) + b"\n]"
+
+
+def test_the_local_lake_keeps_each_records_delivered_text_as_its_audit_data(tmp_path: Path) -> None:
+    records = parse_content(delivered_body()).records
+    rows = flatten_tables(records, CTX, ("AuditRecord",))["AuditRecord"]
+    lake = LocalLake(tmp_path / "l.duckdb")
+    try:
+        lake.write_tables({"AuditRecord": rows})
+        stored = {row[0]: row[1:] for row in lake.connection.execute(
+            'SELECT "Id", "AuditData"::VARCHAR, "Workload", "Quality"::VARCHAR FROM "AuditRecord"').fetchall()}
+    finally:
+        lake.close()
+    # Byte for byte what the service wrote, not the parsed record written again.
+    assert stored["d-1"][0] == DELIVERED[0].decode()
+    assert json.loads(stored["d-1"][0])["Size"] == 1.5
+    # A repeated key stays in the text as delivered; the record's columns take its last value.
+    assert stored["d-2"][:2] == (DELIVERED[1].decode(), "SharePoint")
+    # Nested past what the sinks write: the parsed record goes to the sink, which stores it as
+    # its bounded text, flagged, as it did before the delivered texts.
+    assert json.loads(json.loads(stored["d-3"][0])) == json.loads(DELIVERED[2])
+    assert "AuditData:unserialisable:too-deep" in json.loads(stored["d-3"][2])
+
+
+def test_the_records_of_a_body_give_their_texts_once_and_adx_gets_the_records_written_again() -> None:
+    records = parse_content(delivered_body()).records
+    assert isinstance(records, DeliveredRecords)
+    texts = records.texts()
+    assert texts is not None
+    assert [orjson.dumps(t) if t is not None else None for t in texts] == [DELIVERED[0], DELIVERED[1], None]
+    assert records.texts() is None, "the body is let go once split"
+    # ADX: the record itself, so a repeated key reaches it once (its last value).
+    again = parse_content(delivered_body()).records
+    blob = ContentBlob("t", "Audit.General", "c1", "https://x/c1", datetime(2026, 12, 1, tzinfo=UTC),
+                       datetime(2026, 12, 8, tzinfo=UTC))
+    adx = build_rows_for_adx(again, blob, datetime(2026, 12, 1, tzinfo=UTC))["AuditRecord"]
+    assert [row["AuditData"] for row in adx] == list(again)
+    assert orjson.dumps(adx[1]["AuditData"]) == (
+        b'{"Id":"d-2","RecordType":1,"Operation":"Set-Mailbox","Workload":"SharePoint"}')
+    # A body that is not one whole array gives no texts: a plain list, the records themselves.
+    assert type(parse_content(b"[" + DELIVERED[0] + b",").records) is list
 
 
 # ---------------------------------------------------------------------------------------------
