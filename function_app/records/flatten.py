@@ -2,10 +2,10 @@
 
 A row keeps the record whole in ``AuditData`` (the very object delivered, never copied or
 changed; ``tables.flatten_tables`` puts the record's delivered text there instead when the body
-carries it, ``reader.DeliveredRecords``) and adds normalised columns beside the raw ones. Whatever the record looks like, a row
-comes out with a non-null key (``Id``, ``RecordType``, ``Operation``) and ``Quality`` listing
-what was wrong with the record. Rows share nested values with the record: treat both as
-read-only.
+carries it, ``reader.DeliveredRecords``) and adds normalised columns beside the raw ones.
+Whatever the record looks like, a row comes out with a non-null key (``Id``, ``RecordType``,
+``Operation``) and ``Quality`` listing what was wrong with the record. Rows share nested values
+with the record: treat both as read-only.
 
 Choices:
 
