@@ -40,9 +40,8 @@ def flatten_tables(
 
     ``AuditRecord`` has one row per record, in order; its ``AuditData`` is the record's delivered
     text when *records* carry it (``reader.DeliveredRecords``) and *delivered_text* is true, else
-    the record itself. Every
-    returned table is present, possibly empty. Never raises on record content. Raises ValueError
-    for a name not in ``RECORD_TABLES``.
+    the record itself. Every returned table is present, possibly empty. Never raises on record
+    content. Raises ValueError for a name not in ``RECORD_TABLES``.
 
     With *observer*, the records are observed into it and ``SchemaObservation`` is left to its
     owner (not in the result): ``compose.build_rows`` hands the observer on, so a writer can fold
