@@ -149,8 +149,8 @@ SETTINGS: tuple[SettingDef, ...] = (
     SettingDef("AUDITLAKE_COMMIT_RECORDS", Kind.INT, default="20000", doc=(
         "records the local collector gathers into one lake commit (it also commits a second after a "
         "commit's first blob, and at once when no other blob is in hand); larger commits cost fewer "
-        "statements and, past 16,384 records, write their rows to the file once instead of to the log "
-        "and again at a checkpoint; smaller ones hold less memory")),
+        "statements, and each full row group of 2,048 rows they hold is written to the file once instead "
+        "of to the log and again at a checkpoint; smaller ones hold less memory")),
     SettingDef("AUDITLAKE_SEARCH_HISTORY_DAYS", Kind.INT, default="180", doc=(
         "days of history the Purview audit search backfill keeps whole (Purview Standard's retention): the "
         "Functions app's search timer backfills `[today - N days, yesterday)`, skipping days already done")),

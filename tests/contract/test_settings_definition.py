@@ -121,6 +121,13 @@ def test_the_token_exchange_audience_default_is_auth_s() -> None:
     assert BY_NAME["AUDITLAKE_TOKEN_EXCHANGE_AUDIENCE"].default == TOKEN_EXCHANGE_AUDIENCE
 
 
+def test_the_commit_records_doc_names_the_lake_s_row_group_size() -> None:
+    # The doc spells the size out (config must not import the lake and DuckDB): the two must agree.
+    from auditlake.lake.duckdb_lake import ROW_GROUP_ROWS
+
+    assert f"full row group of {ROW_GROUP_ROWS:,} rows" in BY_NAME["AUDITLAKE_COMMIT_RECORDS"].doc
+
+
 def test_the_app_starts_with_the_required_settings_and_refuses_to_without_one() -> None:
     minimal = _minimal()
     AppSettings.from_env(minimal)  # nothing else is required
