@@ -447,9 +447,12 @@ def duckdb_type(kind: Kind) -> str:
     return _DUCKDB_TYPES[kind]
 
 
-def duckdb_ddl(table: Table) -> str:
-    """``CREATE TABLE IF NOT EXISTS`` for DuckDB, with the key as PRIMARY KEY."""
+def duckdb_ddl(table: Table, *, keyed: bool = True) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for DuckDB, with the key as PRIMARY KEY unless not *keyed*
+    (a table whose writer guarantees the key some other way)."""
     cols = ",\n".join(f"    {_q(c.name)} {_DUCKDB_TYPES[c.kind]}" for c in table.columns)
+    if not keyed:
+        return f"CREATE TABLE IF NOT EXISTS {_q(table.name)} (\n{cols}\n);"
     key = ", ".join(_q(k) for k in table.key)
     return f"CREATE TABLE IF NOT EXISTS {_q(table.name)} (\n{cols},\n    PRIMARY KEY ({key})\n);"
 
@@ -511,6 +514,15 @@ def duckdb_insert(table: Table, source: str) -> str:
         f"INSERT INTO {_q(table.name)} SELECT {', '.join(select)} FROM {source} GROUP BY {key} "
         f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(updates)}"
     )
+
+
+def duckdb_insert_distinct(table: Table, source: str, *, keyed: bool) -> str:
+    """The statement writing the rows of *source* (a relation, or joined relations whose ``*`` is
+    the table's columns) into *table*, one row per key of the table: ``OR IGNORE`` when the table
+    is *keyed* here, else the writer guarantees the stored rows do not hold the keys again."""
+    key = ", ".join(_q(k) for k in table.key)
+    ignore = "OR IGNORE " if keyed else ""
+    return f"INSERT {ignore}INTO {_q(table.name)} SELECT DISTINCT ON ({key}) * FROM {source}"
 
 
 def _duckdb_replace_latest(table: Table, source: str) -> str:

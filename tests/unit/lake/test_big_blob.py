@@ -89,12 +89,19 @@ class FailingInsert:
         self._table = f'INTO "{table}"'
         self._left = nth
 
-    def execute(self, sql: str, *args: Any) -> Any:
+    def _count(self, sql: str) -> None:
         if self._table in sql:
             self._left -= 1
             if self._left == 0:
                 raise duckdb.ConversionException("Could not convert string to JSON (injected)")
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self._count(sql)
         return self._con.execute(sql, *args)
+
+    def sql(self, sql: str, *args: Any) -> Any:  # AuditRecord's insert, whose RETURNING comes back as Arrow
+        self._count(sql)
+        return self._con.sql(sql, *args)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._con, name)

@@ -54,12 +54,19 @@ class FaultyConnection:
         self.statements: list[str] = []
         self.fault: Callable[[str, duckdb.DuckDBPyConnection], BaseException | None] = lambda sql, con: None
 
-    def execute(self, sql: str, *args: Any) -> Any:
+    def _run(self, sql: str) -> None:
         self.statements.append(sql)
         exc = self.fault(sql, self._con)
         if exc is not None:
             raise exc
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        self._run(sql)
         return self._con.execute(sql, *args)
+
+    def sql(self, sql: str, *args: Any) -> Any:  # AuditRecord's insert, whose RETURNING comes back as Arrow
+        self._run(sql)
+        return self._con.sql(sql, *args)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._con, name)
