@@ -46,7 +46,7 @@ import threading
 import weakref
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -312,10 +312,12 @@ def _set_memory_limit(con: duckdb.DuckDBPyConnection, limit: int) -> None:
 
 
 def insert_tables(
-    con: duckdb.DuckDBPyConnection, tables: Mapping[str, Sequence[Mapping[str, Any]]]
+    con: duckdb.DuckDBPyConnection, tables: Mapping[str, Sequence[Mapping[str, Any]]],
+    *, keyed: Collection[str] | None = None,
 ) -> WriteResult:
-    """Insert every table's rows (inside the caller's transaction); existing keys are skipped."""
-    return insert_blobs(con, [tables])[0]
+    """Insert every table's rows (inside the caller's transaction); existing keys are skipped.
+    *keyed* as for ``insert_blobs``."""
+    return insert_blobs(con, [tables], keyed=keyed)[0]
 
 
 # The table whose rows are counted per blob: one row per record, so inserted + duplicates = records.
@@ -344,7 +346,8 @@ the first one's (in ADX, the derived tables' dedup views still show one)."""
 
 
 def insert_blobs(
-    con: duckdb.DuckDBPyConnection, blobs: Sequence[Mapping[str, Any]], *, memory_limit: int | None = None
+    con: duckdb.DuckDBPyConnection, blobs: Sequence[Mapping[str, Any]], *, memory_limit: int | None = None,
+    keyed: Collection[str] | None = None,
 ) -> list[WriteResult]:
     """Insert the rows of several blobs, one statement per table, inside the caller's transaction.
 
@@ -356,6 +359,8 @@ def insert_blobs(
     ``duckdb_insert``). ``ArrowSlices`` get a statement per slice, each slice freed once written.
     The derived tables get the rows of the records whose ``AuditRecord`` row was kept
     (``FOLLOWS_AUDIT_RECORD``); derived rows without ``AuditRecord`` rows beside them raise ValueError.
+    *keyed* names the derived tables that have a key in this lake (``LocalLake.keyed_derived``, read
+    once when the lake opens); None reads them from the catalog.
 
     With *memory_limit* (the connection's limit, in bytes), a statement whose batch holds values
     of ``LARGE_VALUE`` bytes or more runs with the limit raised by ``VALUE_HEADROOM`` times their
@@ -370,7 +375,8 @@ def insert_blobs(
     follow = [n for n in names if n in FOLLOWS_AUDIT_RECORD]
     if follow and COUNTED_TABLE not in names:
         raise ValueError(f"{', '.join(follow)} rows are written only with the AuditRecord rows they come from")
-    keyed = _keyed_tables(con, follow) if follow else set()
+    if follow and keyed is None:
+        keyed = keyed_derived_tables(con)
     kept_keys: list[pa.Table] = []
     for name in names:
         table = TABLES_BY_NAME[name]
@@ -380,13 +386,13 @@ def insert_blobs(
             con.register("_kept", pa.concat_tables(kept_keys) if len(kept_keys) > 1 else kept_keys[0])
         for batch, parts in _table_batches(table, [tables.get(name) for tables in blobs]):
             large = _large_bytes(batch) if memory_limit is not None else 0
-            returned = _insert(con, table, batch, memory_limit, large, keyed=name in keyed)
+            returned = _insert(con, table, batch, memory_limit, large, keyed=name in (keyed or ()))
             del batch  # a slice's Arrow goes before the next slice is written
             if returned is None:
                 continue
-            if returned.num_rows:
+            if follow and returned.num_rows:
                 kept_keys.append(returned.select(["Id", "Operation"]))
-            counts = pc.value_counts(returned.column("ContentId")).to_pylist() if returned.num_rows else []
+            counts = pc.value_counts(returned.column("ContentId")).to_pylist()
             kept: Counter[str] = Counter({c["values"]: c["counts"] for c in counts})
             for i, content_id, count in parts:
                 # Two parts of one blob in a batch (the same blob written twice) share its count.
@@ -517,13 +523,13 @@ def _table_batches(table: Table, parts: Sequence[Any]) -> Iterator[tuple[pa.Tabl
             release_free_heap()  # the slice just written
 
 
-def _keyed_tables(con: duckdb.DuckDBPyConnection, names: Sequence[str]) -> set[str]:
-    """Those of *names* that have a primary key in this lake (made before FOLLOWS_AUDIT_RECORD)."""
+def keyed_derived_tables(con: duckdb.DuckDBPyConnection) -> frozenset[str]:
+    """The derived tables that have a primary key in this lake (made before FOLLOWS_AUDIT_RECORD)."""
     rows = con.execute(
         "SELECT table_name FROM duckdb_constraints() WHERE database_name = current_database() "
         "AND schema_name = 'main' AND constraint_type = 'PRIMARY KEY' AND list_contains(?, table_name)",
-        [list(names)]).fetchall()
-    return {str(r[0]) for r in rows}
+        [list(FOLLOWS_AUDIT_RECORD)]).fetchall()
+    return frozenset(str(r[0]) for r in rows)
 
 
 def _insert(
@@ -724,7 +730,7 @@ class LocalLake:
         self._before_commit: list[weakref.WeakMethod[Callable[[], None]]] = []
         self._failed: LakeUnavailableError | None = None
         self._memory_limit = MEMORY_LIMIT
-        self._insert_blobs: Batcher = functools.partial(insert_blobs, memory_limit=self._memory_limit)
+        self._keyed_derived: frozenset[str] = frozenset()
         con: duckdb.DuckDBPyConnection | None = None
         try:
             con = connect(str(self.path), read_only)
@@ -737,6 +743,8 @@ class LocalLake:
                 raise
             raise failure from exc
         self._con = con
+        self._insert_blobs: Batcher = functools.partial(
+            insert_blobs, memory_limit=self._memory_limit, keyed=self._keyed_derived)
 
     def _setup(self, con: duckdb.DuckDBPyConnection) -> None:
         con.execute("SET TimeZone='UTC'")
@@ -757,6 +765,7 @@ class LocalLake:
             con.execute(duckdb_ddl(table, keyed=table.name not in FOLLOWS_AUDIT_RECORD))
         _add_missing_columns(con)
         con.execute(LAKE_INFO_DDL)
+        self._keyed_derived = keyed_derived_tables(con)
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -766,6 +775,11 @@ class LocalLake:
     def memory_limit(self) -> int:
         """The connection's memory limit, in bytes (``insert_blobs`` raises it for large values)."""
         return self._memory_limit
+
+    @property
+    def keyed_derived(self) -> frozenset[str]:
+        """The derived tables this lake keeps keyed (made before ``FOLLOWS_AUDIT_RECORD``), read once at open."""
+        return self._keyed_derived
 
     @property
     def failure(self) -> LakeUnavailableError | None:
@@ -1016,7 +1030,7 @@ class LocalLake:
         with self._lock:
             if self._failed is not None:
                 raise self._failed
-            ok, value = self._transaction(self._con, lambda con: insert_tables(con, tables))
+            ok, value = self._transaction(self._con, lambda con: insert_tables(con, tables, keyed=self._keyed_derived))
             if not ok:
                 self._raise_if_lake(value)
                 raise value

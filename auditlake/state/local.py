@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -127,9 +127,10 @@ class _Ingested:
 
 
 def _insert_ingested(con: duckdb.DuckDBPyConnection, items: list[_Ingested], *,
-                     memory_limit: int | None) -> list[WriteResult]:
-    """The rows of every blob of *items*, then their ``ingested`` marks, in the caller's transaction."""
-    results = insert_blobs(con, [i.tables for i in items], memory_limit=memory_limit)
+                     memory_limit: int | None, keyed: Collection[str]) -> list[WriteResult]:
+    """The rows of every blob of *items*, then their ``ingested`` marks, in the caller's transaction
+    (*keyed*: the lake's keyed derived tables, see ``insert_blobs``)."""
+    results = insert_blobs(con, [i.tables for i in items], memory_limit=memory_limit, keyed=keyed)
     marks = []
     for item in items:
         # Stamped now, inside the commit: IngestedAt says when the rows became queryable.
@@ -147,7 +148,8 @@ class LocalStateStore:
     def __init__(self, lake: LocalLake) -> None:
         self._lake = lake
         # One object for every submission: the lake batches the items of the same batcher.
-        self._ingest = functools.partial(_insert_ingested, memory_limit=lake.memory_limit)
+        self._ingest = functools.partial(_insert_ingested, memory_limit=lake.memory_limit,
+                                         keyed=lake.keyed_derived)
         # Blobs handed over whose AuditRecord rows are still rows: converted together (CONVERT_ROWS).
         self._unconverted: list[_Ingested] = []
         self._unconverted_rows = 0
